@@ -1,0 +1,7 @@
+"""Attacks: one file each, all under the final :class:`~fragility.attacks.base.Attack` call."""
+
+from fragility.attacks.base import Attack, AttackResult
+from fragility.attacks.fgsm import FGSM
+from fragility.attacks.pgd import PGD
+
+__all__ = ["FGSM", "PGD", "Attack", "AttackResult"]

@@ -1,0 +1,196 @@
+"""The attack contract.
+
+``attack(model, images, labels, *, targets=None, keys=None) -> AttackResult``
+
+An attack is configured in its constructor (typed keyword-only hyperparameters, so a Hydra config
+instantiates it without a model) and receives the model at call time. :meth:`Attack.__call__` is
+final: it validates input, puts the model in eval mode (restored afterwards, also on error),
+counts queries through one wrapper, clips the result to the threat model and to [0, 1], and
+computes success and confidences itself. A subclass only implements :meth:`Attack._run` (and
+:meth:`Attack.project` when it has a budget).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, final
+
+import torch
+from torch import nn
+
+from fragility.attacks.budget import format_number
+from fragility.attacks.rng import SampleRNG, content_keys
+from fragility.errors import ConfigError, InputError
+from fragility.models.wrapper import eval_mode
+
+
+@dataclass
+class AttackResult:
+    """Adversarial images plus per-sample facts (all tensors of length N, on the CPU)."""
+
+    adv: torch.Tensor  # (N, C, H, W) in [0, 1]
+    success: torch.Tensor  # bool: untargeted -> label changed; targeted -> target predicted
+    queries: torch.Tensor  # int64: model forward passes spent on each sample by the attack
+    pred: torch.Tensor  # int64: predicted class of adv
+    pred_conf: torch.Tensor  # probability of the predicted class
+    true_conf: torch.Tensor  # probability of the true class
+    targets: torch.Tensor | None = None  # int64 targets, for targeted attacks
+    extras: dict[str, Any] = field(default_factory=dict)  # attack-specific per-sample facts
+
+    def __len__(self) -> int:
+        return len(self.success)
+
+    @staticmethod
+    def concat(parts: list[AttackResult]) -> AttackResult:
+        """Join the results of consecutive batches."""
+        cat = lambda xs: torch.cat(xs) if xs[0] is not None else None  # noqa: E731
+        extras = {}
+        for k, v in parts[0].extras.items():
+            extras[k] = torch.cat([p.extras[k] for p in parts]) if torch.is_tensor(v) else [p.extras[k] for p in parts]
+        return AttackResult(
+            adv=cat([p.adv for p in parts]),
+            success=cat([p.success for p in parts]),
+            queries=cat([p.queries for p in parts]),
+            pred=cat([p.pred for p in parts]),
+            pred_conf=cat([p.pred_conf for p in parts]),
+            true_conf=cat([p.true_conf for p in parts]),
+            targets=cat([p.targets for p in parts]) if parts[0].targets is not None else None,
+            extras=extras,
+        )
+
+
+class QueryCounter(nn.Module):
+    """Wraps the model and counts forward passes per sample of the attacked batch.
+
+    An attack that evaluates a subset or many candidates per image passes ``idx``: for each row of
+    ``x``, the index of the batch sample it belongs to.
+    """
+
+    def __init__(self, model: nn.Module, n: int) -> None:
+        super().__init__()
+        self.model = model
+        self.counts = torch.zeros(n, dtype=torch.long)
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        if idx is None:
+            if x.shape[0] != len(self.counts):
+                raise RuntimeError("QueryCounter: pass idx= when the batch is not the attacked batch")
+            self.counts += 1
+        else:
+            self.counts += torch.bincount(idx.detach().cpu().long(), minlength=len(self.counts))
+        return self.model(x)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.model, name)
+
+
+class Attack(ABC):
+    """Base class of every attack. Subclasses set ``name``/``norm`` and implement ``_run``."""
+
+    name: ClassVar[str] = "attack"
+    #: the threat model's norm: "linf", "l2", "l0", "patch" or None (unbounded, e.g. fooling images)
+    norm: ClassVar[str | None] = None
+    #: what the attack needs from the model (checked before any compute is spent)
+    needs_gradients: ClassVar[bool] = True
+
+    def __init__(self, *, target: int | str | None = None, seed: int = 0) -> None:
+        self.target = target
+        self.seed = int(seed)
+
+    # ---- what subclasses provide -------------------------------------------------------------
+    @abstractmethod
+    def _run(
+        self, model: QueryCounter, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None, rng: SampleRNG
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        """Return adversarial images (and optionally a dict of per-sample extras)."""
+
+    def project(self, adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Project ``adv`` onto the threat model around ``images`` (default: no budget)."""
+        return adv
+
+    @property
+    def budget(self) -> float | None:
+        """The size of the threat model in the units of ``norm`` (None when unbounded)."""
+        return None
+
+    def params(self) -> dict[str, Any]:
+        """Hyperparameters that identify this attack in a leaderboard row."""
+        return {}
+
+    def describe(self) -> str:
+        parts = []
+        for k, v in self.params().items():
+            parts.append(f"{k}={format_number(v) if isinstance(v, float) else v}")
+        return " ".join(parts)
+
+    @property
+    def targeted(self) -> bool:
+        return self.target is not None
+
+    # ---- the final call --------------------------------------------------------------------
+    @final
+    def __call__(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        targets: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
+    ) -> AttackResult:
+        device = _model_device(model)
+        images, labels = self._validate(model, images, labels)
+        images, labels = images.to(device), labels.to(device)
+        if targets is None and self.target is not None:
+            idx = model.class_index(self.target) if hasattr(model, "class_index") else int(self.target)
+            targets = torch.full_like(labels, idx)
+        if targets is not None:
+            targets = torch.as_tensor(targets, dtype=torch.long, device=device).reshape(-1)
+            if len(targets) != len(labels):
+                raise InputError(f"{len(targets)} targets for {len(labels)} images")
+        rng = SampleRNG((keys.to(device) if keys is not None else content_keys(images, self.seed)))
+        counter = QueryCounter(model, len(images))
+        with eval_mode(model):
+            out = self._run(counter, images, labels, targets, rng)
+            adv, extras = out if isinstance(out, tuple) else (out, {})
+            adv = self.project(adv.detach(), images).clamp(0.0, 1.0)
+            with torch.inference_mode():
+                probs = torch.softmax(model(adv).float(), dim=1)
+        pred_conf, pred = probs.max(dim=1)
+        true_conf = probs.gather(1, labels[:, None]).squeeze(1)
+        success = pred == targets if targets is not None else pred != labels
+        cpu = lambda t: t.detach().cpu()  # noqa: E731
+        return AttackResult(
+            adv=cpu(adv),
+            success=cpu(success),
+            queries=counter.counts.clone(),
+            pred=cpu(pred),
+            pred_conf=cpu(pred_conf),
+            true_conf=cpu(true_conf),
+            targets=cpu(targets) if targets is not None else None,
+            extras={k: cpu(v) if torch.is_tensor(v) else v for k, v in extras.items()},
+        )
+
+    def _validate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if hasattr(model, "check_images"):
+            model.check_images(images)
+        elif not torch.is_tensor(images) or images.dim() != 4 or not images.is_floating_point():
+            raise InputError("images must be a float NCHW tensor")
+        if images.numel() and (images.min() < 0 or images.max() > 1):
+            raise InputError("images must lie in [0, 1] (normalization belongs to the model wrapper)")
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        if len(labels) != len(images):
+            raise InputError(f"{len(labels)} labels for {len(images)} images")
+        if self.needs_gradients and not getattr(model, "differentiable", True):
+            raise ConfigError(f"{self.name} needs gradients, but the model declares it is not differentiable")
+        return images.float(), labels
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in list(model.parameters())[:1] + list(model.buffers())[:1]:
+        return t.device
+    return torch.device("cpu")

@@ -1,0 +1,65 @@
+"""Shared pieces of the gradient attacks: the loss gradient and the Linf / L2 geometry.
+
+Each norm supplies a random start, a normalized ascent step and a projection; FGSM and PGD
+are then a few lines each.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fragility.attacks.rng import SampleRNG
+from fragility.errors import ConfigError
+
+NORMS = ("linf", "l2")
+
+
+def check_norm(norm: str) -> str:
+    norm = str(norm).lower()
+    if norm not in NORMS:
+        raise ConfigError(f"unknown norm {norm!r} (valid: {', '.join(NORMS)})")
+    return norm
+
+
+def loss_gradient(model, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    """Gradient of the attack objective w.r.t. ``x``: ascend cross-entropy on the label, or
+    descend it on the target. Only the input gradient is computed (no weight gradients)."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    if targets is None:
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+    else:
+        loss = -F.cross_entropy(logits, targets, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x)
+    return grad
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
+
+
+def ascent_step(grad: torch.Tensor, norm: str, step: float) -> torch.Tensor:
+    if norm == "linf":
+        return step * grad.sign()
+    return step * grad / _flat_norm(grad)
+
+
+def project(adv: torch.Tensor, images: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    delta = adv - images
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        delta = delta * (eps / _flat_norm(delta)).clamp(max=1.0)
+    return images + delta
+
+
+def random_start(images: torch.Tensor, norm: str, eps: float, rng: SampleRNG) -> torch.Tensor:
+    shape = images.shape[1:]
+    if norm == "linf":
+        delta = (2 * rng.uniform(*shape) - 1) * eps
+    else:  # uniform in the L2 ball: Gaussian direction, radius ~ U^(1/d)
+        d = rng.normal(*shape)
+        r = rng.uniform(1).view(-1, *([1] * len(shape))) ** (1.0 / images[0].numel())
+        delta = d / _flat_norm(d) * r * eps
+    return (images + delta.to(images.device, images.dtype)).clamp(0, 1)

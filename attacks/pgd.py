@@ -1,0 +1,78 @@
+"""Projected Gradient Descent (iterated FGSM with a random start).
+
+Madry, Makelov, Schmidt, Tsipras, Vladu, "Towards Deep Learning Models Resistant to Adversarial
+Attacks", ICLR 2018. ``steps`` ascent steps of size ``step_size`` (default ``2.5 * eps / steps``),
+each projected onto the Linf or L2 ball of radius ``eps`` and onto [0, 1]. With ``restarts > 1``
+each sample keeps its first successful restart (or the last one).
+
+Example::
+
+    res = PGD(eps=8/255, steps=10)(model, images, labels)
+    res.success.float().mean()
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fragility.attacks.base import Attack
+from fragility.attacks.budget import parse_budget
+from fragility.attacks.gradient import ascent_step, check_norm, loss_gradient, project, random_start
+from fragility.errors import ConfigError
+
+
+class PGD(Attack):
+    name = "pgd"
+
+    def __init__(
+        self,
+        *,
+        eps: float | str = 8 / 255,
+        norm: str = "linf",
+        steps: int = 10,
+        step_size: float | str | None = None,
+        random_start: bool = True,
+        restarts: int = 1,
+        target=None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(target=target, seed=seed)
+        self.eps = parse_budget(eps, "eps")
+        self.norm_name = check_norm(norm)
+        if int(steps) < 1 or int(restarts) < 1:
+            raise ConfigError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
+        self.steps, self.restarts = int(steps), int(restarts)
+        self.step_size = parse_budget(step_size, "step_size") if step_size is not None else 2.5 * self.eps / self.steps
+        self.random_start = bool(random_start)
+
+    @property
+    def norm(self) -> str:  # type: ignore[override]
+        return self.norm_name
+
+    @property
+    def budget(self) -> float:
+        return self.eps
+
+    def params(self):
+        return {"norm": self.norm_name, "eps": self.eps, "steps": self.steps, "restarts": self.restarts}
+
+    def _run(self, model, images, labels, targets, rng):
+        if self.eps == 0:
+            return images
+        best = images.clone()
+        done = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+        for _ in range(self.restarts):
+            x = random_start(images, self.norm_name, self.eps, rng) if self.random_start else images.clone()
+            for _ in range(self.steps):
+                grad = loss_gradient(model, x, labels, targets)
+                x = project(x + ascent_step(grad, self.norm_name, self.step_size), images, self.norm_name, self.eps)
+                x = x.clamp_(0, 1)
+            if self.restarts == 1:
+                return x
+            with torch.no_grad():
+                pred = model(x).argmax(1)
+            ok = pred == targets if targets is not None else pred != labels
+            take = ~done
+            best[take] = x[take]
+            done |= ok
+        return best

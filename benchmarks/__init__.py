@@ -1,0 +1,1 @@
+"""The experiment harness: data, runner, metrics, results store, leaderboards, logging, reports."""

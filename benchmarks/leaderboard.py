@@ -1,0 +1,118 @@
+"""Leaderboards: a pure function of the stored records, rendered as CSV, Markdown and HTML.
+
+Within a model (and dataset and defense) rows are ranked by robust accuracy, lowest first, so
+the strongest attack is on top. The summary gives, per model and threat model (norm, budget), the
+worst-case robust accuracy over all attacks at that budget, the way RobustBench reports it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from fragility.attacks.budget import format_number
+from fragility.benchmarks.record import RunRecord
+
+COLUMNS = [
+    "model", "dataset", "defense", "attack", "variant", "params", "split", "n", "clean_acc", "robust_acc",
+    "success_rate", "success_ci_low", "success_ci_high", "mean_queries", "mean_linf", "mean_l2",
+    "mean_l0", "seconds", "seed", "config_hash",
+]  # fmt: skip
+
+
+def leaderboard(records: list[RunRecord]) -> pd.DataFrame:
+    df = pd.DataFrame([r.__dict__ for r in records], columns=RunRecord.columns())
+    if df.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    df = df.sort_values(["model", "dataset", "defense", "robust_acc", "attack"], kind="stable")
+    return df[COLUMNS].reset_index(drop=True)
+
+
+def summary(records: list[RunRecord]) -> pd.DataFrame:
+    """Worst case per (model, dataset, defense, norm, eps) over attacks and variants."""
+    cols = ["model", "dataset", "defense", "threat", "clean_acc", "worst_robust_acc", "worst_attack", "n_attacks"]
+    df = pd.DataFrame([r.__dict__ for r in records], columns=RunRecord.columns())
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    df["threat"] = [
+        f"{n} {format_number(e)}" if not (isinstance(e, float) and math.isnan(e)) else str(n) for n, e in zip(df["norm"], df["eps"])
+    ]
+    out = []
+    for key, g in df.groupby(["model", "dataset", "defense", "threat"], sort=True):
+        worst = g.loc[g["robust_acc"].idxmin()]
+        label = worst["attack"] + ("" if worst["variant"] == "standard" else f" ({worst['variant']})")
+        out.append([*key, float(g["clean_acc"].max()), float(worst["robust_acc"]), label, len(g)])
+    return pd.DataFrame(out, columns=cols).sort_values(["model", "dataset", "defense", "worst_robust_acc"], kind="stable")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _fmt(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for c in out.columns:
+        if out[c].dtype.kind == "f":
+            out[c] = out[c].map(lambda v: "" if pd.isna(v) else f"{v:.4g}")
+    return out
+
+
+def _links(records: list[RunRecord], out_dir: Path) -> dict[str, list[str]]:
+    links: dict[str, list[str]] = {}
+    for r in records:
+        try:
+            figs = json.loads(r.extra_json or "{}").get("figures", [])
+        except json.JSONDecodeError:
+            figs = []
+        links[r.config_hash] = [f for f in figs if (out_dir / f).exists()]
+    return links
+
+
+def render_html(board: pd.DataFrame, summ: pd.DataFrame, links: dict[str, list[str]]) -> str:
+    b = _fmt(board)
+    b["pictures"] = [
+        " ".join(f'<a href="{html.escape(p)}">{html.escape(Path(p).stem)}</a>' for p in links.get(h, [])) for h in board["config_hash"]
+    ]
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:13px}"
+        "th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f0f0f0}"
+        "td:nth-child(-n+7){text-align:left}h2{margin-top:1.5em}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>fragility leaderboard</title><style>{style}</style></head>"
+        f"<body><h1>fragility leaderboard</h1><h2>Worst case per model and budget</h2>"
+        f"{_fmt(summ).to_html(index=False, escape=True)}<h2>All runs (strongest attack first within a model)</h2>"
+        f"{b.to_html(index=False, escape=False)}</body></html>"
+    )
+
+
+def write_leaderboards(records: list[RunRecord], out_dir: str | Path) -> pd.DataFrame:
+    """Write leaderboard.csv/.md/.html and summary.csv into ``out_dir``; return the board."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    board, summ = leaderboard(records), summary(records)
+    _atomic_write(out / "leaderboard.csv", board.to_csv(index=False))
+    _atomic_write(out / "summary.csv", summ.to_csv(index=False))
+    md = "# fragility leaderboard\n\n## Worst case per model and budget\n\n"
+    md += (_fmt(summ).to_markdown(index=False) if len(summ) else "(no runs yet)") + "\n\n## All runs\n\n"
+    md += (_fmt(board).to_markdown(index=False) if len(board) else "(no runs yet)") + "\n"
+    _atomic_write(out / "leaderboard.md", md)
+    _atomic_write(out / "leaderboard.html", render_html(board, summ, _links(records, out)))
+    return board
+
+
+def terminal_table(records: list[RunRecord]) -> str:
+    board = leaderboard(records)
+    if board.empty:
+        return "(no runs yet)"
+    cols = ["model", "dataset", "defense", "attack", "params", "n", "clean_acc", "robust_acc", "success_rate", "mean_queries", "seconds"]
+    return _fmt(board[cols]).to_string(index=False)

@@ -1,0 +1,48 @@
+"""What a result row needs to be reproduced: versions, git commit, config hash, time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torchvision
+
+import fragility
+
+# Top-level keys that change where or how results are shown, not what is measured.
+NON_SEMANTIC_KEYS = ("results_dir", "logger", "force", "device", "batch_size", "progress", "hydra", "allowed_targets", "explain")
+
+
+def config_hash(cfg: dict) -> str:
+    semantic = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
+    blob = json.dumps(semantic, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def git_commit() -> str:
+    try:
+        root = Path(fragility.__file__).resolve().parent.parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5)
+            return out.stdout.strip()[:12] + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return ""
+
+
+def versions() -> dict[str, str]:
+    return {
+        "fragility_version": fragility.__version__,
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "git_commit": git_commit(),
+    }
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,276 @@
+"""``run(cfg)``: one experiment (model x dataset x defense x attack), callable from Python or tests.
+
+Steps: build the model (and defense), load a seeded subset of the data, score clean accuracy,
+attack the initially correct samples batch by batch (progress bar), compute metrics, write one
+record plus per-sample facts to the store in one transaction, draw pictures, log to W&B, and
+re-render the leaderboards. A finished configuration is skipped unless ``force=true``.
+
+Attacks can hook into the run with optional methods:
+- ``prepare(model=, cfg=, device=, seed=, progress=)``: work before evaluation (e.g. train a patch);
+- ``extra_metrics(result) -> dict``: numbers for the record's ``extra_json``;
+- ``figures(ctx) -> dict[name, Path]``: attack-specific pictures (``ctx`` is a :class:`RunContext`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from fragility.attacks.base import AttackResult
+from fragility.attacks.rng import mix64
+from fragility.benchmarks.config import safe_instantiate
+from fragility.benchmarks.data import ImageSet
+from fragility.benchmarks.figures import adversarial_grid
+from fragility.benchmarks.leaderboard import terminal_table, write_leaderboards
+from fragility.benchmarks.metrics import compute_metrics, perturbation_norms
+from fragility.benchmarks.provenance import config_hash, now, versions
+from fragility.benchmarks.record import RunRecord
+from fragility.benchmarks.store import ResultStore
+from fragility.benchmarks.wandb_logger import NullLogger
+from fragility.errors import ConfigError, DataError, InputError
+
+log = logging.getLogger(__name__)
+N_EXAMPLES = 8
+
+
+@dataclass
+class RunContext:
+    """What a finished run knows; handed to attack hooks and figure makers."""
+
+    cfg: DictConfig
+    model: torch.nn.Module
+    data: ImageSet
+    clean_pred: torch.Tensor
+    clean_conf: torch.Tensor
+    result: AttackResult | None  # concatenated over batches, ``adv`` only for the first examples
+    examples: dict[str, torch.Tensor]  # clean/adv/labels/... of the first N_EXAMPLES attacked samples
+    run_dir: Path
+    device: torch.device
+    figures: dict[str, Path] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    name = str(name).lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available (use device=auto or cpu)")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise ConfigError(f"unknown device {name!r} (auto, cpu, cuda)")
+    return torch.device(name)
+
+
+def _check_top_level(cfg: DictConfig) -> tuple[int, int, int]:
+    try:
+        n, seed, bs = int(cfg.n_samples), int(cfg.seed), int(cfg.batch_size)
+    except (TypeError, ValueError):
+        raise ConfigError("n_samples, seed and batch_size must be integers") from None
+    if n <= 0:
+        raise ConfigError(f"n_samples must be positive, got {n}")
+    if bs <= 0:
+        raise ConfigError(f"batch_size must be positive, got {bs}")
+    return n, seed, bs
+
+
+def align_labels(data: ImageSet, class_names: list[str]) -> ImageSet:
+    """Map a dataset's labels onto the model's classes when their names differ (e.g. an
+    ImageFolder of a few ImageNet classes scored by a 1000-class model)."""
+    if list(data.class_names) == list(class_names):
+        return data
+    lookup = {c.lower(): i for i, c in enumerate(class_names)}
+    mapping = []
+    for c in data.class_names:
+        key = c.lower().replace("_", " ")
+        if key in lookup or c.lower() in lookup:
+            mapping.append(lookup.get(key, lookup.get(c.lower())))
+        elif c.isdigit() and int(c) < len(class_names):
+            mapping.append(int(c))
+        else:
+            mapping = []
+            break
+    if mapping:
+        data.y = torch.tensor(mapping, dtype=torch.long)[data.y]
+        data.class_names = list(class_names)
+        return data
+    if len(data.class_names) == len(class_names):
+        return data  # same number of classes under other names: trust the indices
+    raise DataError(f"dataset {data.name} has {len(data.class_names)} classes that do not match the model's {len(class_names)}")
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, data: ImageSet, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    preds, confs = [], []
+    for i in range(0, len(data), batch_size):
+        p = torch.softmax(model(data.images(slice(i, i + batch_size)).to(device)).float(), 1)
+        c, k = p.max(1)
+        preds.append(k.cpu())
+        confs.append(c.cpu())
+    return torch.cat(preds), torch.cat(confs)
+
+
+def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
+    allowed = list(cfg.get("allowed_targets") or [])
+    model = safe_instantiate(cfg.model, allowed)
+    defense_cfg = cfg.get("defense")
+    if defense_cfg is not None and defense_cfg.get("_target_"):
+        model = safe_instantiate(defense_cfg, allowed).wrap(model)
+    return model.to(device).eval()
+
+
+def run(cfg: DictConfig) -> RunRecord:
+    n_samples, seed, batch_size = _check_top_level(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    h = config_hash(resolved)
+    store = ResultStore(cfg.results_dir)
+    results_dir = Path(cfg.results_dir)
+    if store.has(h) and not cfg.get("force", False):
+        rec = store.get(h)
+        print(f"[fragility] {rec.model} / {rec.attack} {rec.params}: already in {store.path} (config {h}); force=true re-runs it")
+        write_leaderboards(store.records(), results_dir)
+        return rec
+
+    device = resolve_device(cfg.device)
+    allowed = list(cfg.get("allowed_targets") or [])
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    model = build_model(cfg, device)
+    source = safe_instantiate(cfg.dataset, allowed)
+    data = source.load(n_samples, seed, model.input_size)
+    if data.image_size != tuple(model.input_size):
+        c, hh, ww = model.input_size
+        raise InputError(
+            f"dataset {data.name} has {'x'.join(map(str, data.image_size))} images but model {model.name} expects {c}x{hh}x{ww}"
+        )
+    data = align_labels(data, model.class_names)
+    attack = safe_instantiate(cfg.attack, allowed)
+    defense_name = str((cfg.get("defense") or {}).get("name", "none"))
+    progress = bool(cfg.get("progress", True))
+
+    if hasattr(attack, "prepare"):
+        attack.prepare(model=model, cfg=cfg, device=device, seed=seed, progress=progress)
+
+    clean_pred, clean_conf = predict(model, data, batch_size, device)
+    targets_all = None
+    if attack.targeted:
+        targets_all = torch.full_like(data.y, model.class_index(attack.target))
+    attacked = (clean_pred == data.y).nonzero().flatten()
+
+    parts: list[AttackResult] = []
+    norms = {k: np.zeros(len(data)) for k in ("linf", "l2", "l0")}
+    examples: dict[str, torch.Tensor] = {}
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(attacked), desc=f"{model.name} {attack.name}", unit="img", disable=not progress, leave=False)
+    for start in range(0, len(attacked), batch_size):
+        idx = attacked[start : start + batch_size]
+        x = data.images(idx)
+        keys = mix64(data.ids[idx] + (seed << 32))
+        res = attack(model, x, data.y[idx], targets=None if targets_all is None else targets_all[idx], keys=keys)
+        for k, v in perturbation_norms(x.numpy(), res.adv.numpy()).items():
+            norms[k][idx.numpy()] = v
+        if not examples:
+            k = min(N_EXAMPLES, len(idx))
+            examples = {"clean": x[:k], "adv": res.adv[:k], "labels": data.y[idx][:k], "idx": idx[:k]}
+        res.adv = res.adv[:0]  # keep memory flat: only the examples keep images
+        parts.append(res)
+        bar.update(len(idx))
+    bar.close()
+    seconds = time.perf_counter() - t0
+    result = AttackResult.concat(parts) if parts else None
+
+    samples = _samples_frame(data, clean_pred, attacked, result, targets_all, norms)
+    metrics = compute_metrics(samples)
+    run_dir = results_dir / "runs" / h
+    ctx = RunContext(cfg, model, data, clean_pred, clean_conf, result, examples, run_dir, device)
+    extra: dict[str, Any] = {}
+    if result is not None and hasattr(attack, "extra_metrics"):
+        extra.update(attack.extra_metrics(result))
+    ctx.figures.update(_figures(ctx, attack))
+    extra["figures"] = [str(p.relative_to(results_dir)) for p in ctx.figures.values()]
+
+    vers = versions()
+    eps = attack.budget
+    record = RunRecord(
+        config_hash=h, model=model.name, dataset=data.name, defense=defense_name, attack=attack.name,
+        params=attack.describe(), norm=str(attack.norm or "none"), eps=float("nan") if eps is None else float(eps),
+        targeted=attack.targeted, n=metrics["n"], clean_acc=metrics["clean_acc"], robust_acc=metrics["robust_acc"],
+        n_attacked=metrics["n_attacked"], success_rate=metrics["success_rate"], success_ci_low=metrics["success_ci_low"],
+        success_ci_high=metrics["success_ci_high"], mean_queries=metrics["mean_queries"], mean_linf=metrics["mean_linf"],
+        mean_l2=metrics["mean_l2"], mean_l0=metrics["mean_l0"], mean_conf=metrics["mean_conf"],
+        mean_true_conf=metrics["mean_true_conf"], seconds=seconds, seed=seed, device=str(device), timestamp=now(),
+        split=str(extra.pop("split", "test")), config_json=json.dumps(resolved, default=str), extra_json=json.dumps(extra, default=str),
+        **vers,
+    )  # fmt: skip
+    store.write(record, samples)
+
+    logger = safe_instantiate(cfg.logger, allowed) if cfg.get("logger") is not None else NullLogger()
+    try:
+        logger.start(resolved, name=f"{record.model}-{record.attack}-{h[:8]}", results_dir=results_dir)
+        logger.log_run(metrics, _row(record), {k: p for k, p in ctx.figures.items()})
+    finally:
+        logger.finish()
+
+    write_leaderboards(store.records(), results_dir)
+    ci = f"[{record.success_ci_low:.1%}, {record.success_ci_high:.1%}]" if record.n_attacked else ""
+    print(
+        f"[fragility] {record.model} / {record.dataset} / {record.defense} / {record.attack} {record.params}: "
+        f"clean {record.clean_acc:.1%}  robust {record.robust_acc:.1%}  success {record.success_rate:.1%} {ci}  "
+        f"queries {record.mean_queries:.1f}  {seconds:.1f}s  (config {h})"
+    )
+    return record
+
+
+def _samples_frame(data, clean_pred, attacked, result, targets_all, norms) -> pd.DataFrame:
+    n = len(data)
+    adv_pred = clean_pred.clone()
+    success = torch.zeros(n, dtype=torch.bool)
+    queries = torch.zeros(n, dtype=torch.long)
+    pred_conf = torch.full((n,), float("nan"))
+    true_conf = torch.full((n,), float("nan"))
+    if result is not None:
+        adv_pred[attacked] = result.pred
+        success[attacked] = result.success
+        queries[attacked] = result.queries
+        pred_conf[attacked] = result.pred_conf
+        true_conf[attacked] = result.true_conf
+    target = targets_all if targets_all is not None else torch.full((n,), -1, dtype=torch.long)
+    return pd.DataFrame(
+        {
+            "i": np.arange(n), "sample_id": data.ids.numpy(), "label": data.y.numpy(), "clean_pred": clean_pred.numpy(),
+            "adv_pred": adv_pred.numpy(), "target": target.numpy(), "success": success.numpy().astype(int),
+            "queries": queries.numpy(), "pred_conf": pred_conf.numpy(), "true_conf": true_conf.numpy(),
+            "linf": norms["linf"], "l2": norms["l2"], "l0": norms["l0"],
+        }
+    )  # fmt: skip
+
+
+def _figures(ctx: RunContext, attack) -> dict[str, Path]:
+    figs: dict[str, Path] = {}
+    if ctx.examples and len(ctx.examples["clean"]):
+        ex = ctx.examples
+        with torch.inference_mode():
+            p = torch.softmax(ctx.model(ex["adv"].to(ctx.device)).float(), 1).cpu()
+        conf, pred = p.max(1)
+        idx = ex["idx"]
+        figs["examples"] = adversarial_grid(
+            ex["clean"], ex["adv"], ex["labels"], ctx.clean_pred[idx], ctx.clean_conf[idx], pred, conf,
+            ctx.model.class_names, ctx.run_dir / "examples.png", title=f"{ctx.model.name} / {attack.name} {attack.describe()}",
+        )  # fmt: skip
+    if hasattr(attack, "figures"):
+        figs.update(attack.figures(ctx) or {})
+    return figs
+
+
+def _row(r: RunRecord) -> dict[str, Any]:
+    from fragility.benchmarks.leaderboard import COLUMNS
+
+    return {c: getattr(r, c) for c in COLUMNS}

@@ -1,0 +1,22 @@
+"""Error types. Every user-facing failure raises one of these with a one-line message;
+the command-line entry point prints it as a single line and exits non-zero."""
+
+
+class FragilityError(Exception):
+    """Base class for errors a user can fix (bad config, bad file, bad input)."""
+
+
+class ConfigError(FragilityError, ValueError):
+    """An unknown name, an impossible budget, a bad parameter value."""
+
+
+class InputError(FragilityError, ValueError):
+    """Images or labels that do not fit the model (wrong size, range, dtype)."""
+
+
+class CheckpointError(FragilityError):
+    """A checkpoint that is missing, corrupt, unsafe, or does not match the architecture."""
+
+
+class DataError(FragilityError):
+    """A dataset that is missing or malformed."""

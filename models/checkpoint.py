@@ -1,0 +1,86 @@
+"""Safe checkpoint loading.
+
+Every checkpoint goes through ``torch.load(..., weights_only=True)``: a file that would run code
+when unpickled is refused, never executed. Errors come back as one line naming the file.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fragility.errors import CheckpointError
+
+# Keys under which training scripts commonly nest the weights.
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Mapping:
+    """Load a checkpoint file as plain data (tensors, dicts, numbers) with ``weights_only=True``."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    try:
+        obj = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
+            raise CheckpointError(
+                f"refusing to load {p}: it holds Python objects that would run code when unpickled "
+                f"(only plain tensors and containers are allowed)"
+            ) from None
+        raise CheckpointError(f"corrupt checkpoint {p}: {first}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"corrupt or unreadable checkpoint {p}: {first[:200]}") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{p} does not hold a state dict (got {type(obj).__name__})")
+    return obj
+
+
+def extract_state_dict(obj: Mapping, path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
+    """Find the state dict inside a checkpoint and strip a ``module.`` (DataParallel) prefix."""
+    sd = obj
+    for _ in range(2):
+        for key in _NESTED_KEYS:
+            if key in sd and isinstance(sd[key], Mapping):
+                sd = sd[key]
+                break
+    tensors = {k: v for k, v in sd.items() if torch.is_tensor(v)}
+    if not tensors:
+        raise CheckpointError(f"{path} holds no tensors (keys: {', '.join(list(sd)[:5])})")
+    prefixes = ("module.", "model.", "_orig_mod.")
+    for prefix in prefixes:
+        if all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def load_weights(net: nn.Module, path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load ``path`` into ``net`` strictly; a mismatch is one line that says what differs."""
+    sd = extract_state_dict(load_checkpoint(path, map_location), path)
+    own = net.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shapes:
+            k = shapes[0]
+            parts.append(
+                f"{len(shapes)} of another shape (e.g. {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})"
+            )
+        raise CheckpointError(
+            f"{path} does not match the {type(net).__name__} architecture: " + "; ".join(parts)
+        )
+    net.load_state_dict(sd, strict=True)
+    return net

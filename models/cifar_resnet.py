@@ -1,0 +1,94 @@
+"""CIFAR ResNets with "option A" shortcuts (He et al. 2016, section 4.2), any depth 6n+2.
+
+Key names match the widely published pretrained CIFAR checkpoints (``conv1``, ``bn1``,
+``layer1..3``, ``linear``), so those files load key for key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn.functional as F
+from torch import nn
+
+from fragility.errors import ConfigError
+from fragility.models.checkpoint import load_weights
+from fragility.models.wrapper import Classifier
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# Normalization used by the published option-A checkpoints (ImageNet statistics).
+CIFAR_MEAN = (0.485, 0.456, 0.406)
+CIFAR_STD = (0.229, 0.224, 0.225)
+
+
+class _ShortcutA(nn.Module):
+    """Parameter-free shortcut: subsample by 2 and zero-pad channels (planes/4 per side)."""
+
+    def __init__(self, planes: int) -> None:
+        super().__init__()
+        self.pad = planes // 4
+
+    def forward(self, x):
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = _ShortcutA(planes) if stride != 1 or in_planes != planes else nn.Identity()
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int = 20, num_classes: int = 10) -> None:
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ConfigError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, ...), got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.in_planes = 16
+        self.layer1 = self._layer(16, n, 1)
+        self.layer2 = self._layer(32, n, 2)
+        self.layer3 = self._layer(64, n, 2)
+        self.linear = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def _layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (blocks - 1):
+            layers.append(BasicBlock(self.in_planes, planes, s))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+def build(
+    depth: int = 20,
+    checkpoint: str | None = None,
+    num_classes: int = 10,
+    class_names: list[str] | None = None,
+    mean: tuple[float, ...] = CIFAR_MEAN,
+    std: tuple[float, ...] = CIFAR_STD,
+) -> Classifier:
+    """A CIFAR ResNet-``depth`` wrapped as a [0, 1] classifier; weights from ``checkpoint``."""
+    net = CifarResNet(int(depth), int(num_classes))
+    if checkpoint:
+        load_weights(net, Path(checkpoint))
+    names = list(class_names) if class_names else (CIFAR10_CLASSES if num_classes == 10 else [str(i) for i in range(num_classes)])
+    return Classifier(net, mean=mean, std=std, input_size=(3, 32, 32), class_names=names, name=f"cifar_resnet{depth}")

@@ -1,0 +1,59 @@
+"""VGG-16/19 and Inception-v3 from torchvision, as [0, 1] classifiers with ImageNet normalization.
+
+``pretrained=True`` uses torchvision's weights API (downloads once into torch's cache: users have
+internet); ``checkpoint=PATH`` loads a local state dict with ``weights_only=True``; neither gives
+random weights (what the tests use).
+"""
+
+from __future__ import annotations
+
+import torchvision
+
+from fragility.errors import ConfigError
+from fragility.models.checkpoint import load_weights
+from fragility.models.imagenet_classes import imagenet_classes
+from fragility.models.wrapper import Classifier
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_ARCHS = {
+    # name: (constructor, weights enum name, input side)
+    "vgg16": ("vgg16", "VGG16_Weights", 224),
+    "vgg19": ("vgg19", "VGG19_Weights", 224),
+    "inception_v3": ("inception_v3", "Inception_V3_Weights", 299),
+}
+
+
+def build(
+    arch: str = "vgg16",
+    pretrained: bool = False,
+    checkpoint: str | None = None,
+    num_classes: int = 1000,
+    class_names: list[str] | None = None,
+) -> Classifier:
+    if arch not in _ARCHS:
+        raise ConfigError(f"unknown torchvision architecture {arch!r} (valid: {', '.join(_ARCHS)})")
+    fn_name, weights_name, side = _ARCHS[arch]
+    fn = getattr(torchvision.models, fn_name)
+    kwargs: dict = {}
+    if arch == "inception_v3":
+        kwargs.update(aux_logits=pretrained, init_weights=not pretrained)
+    if pretrained:
+        if checkpoint:
+            raise ConfigError("give either model.pretrained=true or model.checkpoint, not both")
+        weights = getattr(torchvision.models, weights_name).DEFAULT
+        net = fn(weights=weights, **kwargs)
+        if arch == "inception_v3":
+            net.aux_logits, net.AuxLogits = False, None
+    else:
+        net = fn(weights=None, num_classes=int(num_classes), **kwargs)
+        if checkpoint:
+            load_weights(net, checkpoint)
+    if class_names:
+        names = list(class_names)
+    elif int(num_classes) == 1000:
+        names = imagenet_classes()
+    else:
+        names = [str(i) for i in range(int(num_classes))]
+    return Classifier(net, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=(3, side, side), class_names=names, name=arch)
