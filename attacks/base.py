@@ -131,6 +131,14 @@ class Attack(ABC):
     def targeted(self) -> bool:
         return self.target is not None
 
+    def make_targets(self, model: nn.Module, labels: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample targets for ``labels`` from the configured ``target`` (None: untargeted).
+        Attacks with several targets (a list, ``all``) override this."""
+        if self.target is None:
+            return None
+        idx = model.class_index(self.target) if hasattr(model, "class_index") else int(self.target)
+        return torch.full_like(torch.as_tensor(labels, dtype=torch.long), idx)
+
     # ---- the final call --------------------------------------------------------------------
     @final
     def __call__(
@@ -145,9 +153,8 @@ class Attack(ABC):
         device = _model_device(model)
         images, labels = self._validate(model, images, labels)
         images, labels = images.to(device), labels.to(device)
-        if targets is None and self.target is not None:
-            idx = model.class_index(self.target) if hasattr(model, "class_index") else int(self.target)
-            targets = torch.full_like(labels, idx)
+        if targets is None:
+            targets = self.make_targets(model, labels)
         if targets is not None:
             targets = torch.as_tensor(targets, dtype=torch.long, device=device).reshape(-1)
             if len(targets) != len(labels):

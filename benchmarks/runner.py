@@ -160,9 +160,7 @@ def run(cfg: DictConfig) -> RunRecord:
         attack.prepare(model=model, cfg=cfg, device=device, seed=seed, progress=progress)
 
     clean_pred, clean_conf = predict(model, data, batch_size, device)
-    targets_all = None
-    if attack.targeted:
-        targets_all = torch.full_like(data.y, model.class_index(attack.target))
+    targets_all = attack.make_targets(model, data.y)
     attacked = (clean_pred == data.y).nonzero().flatten()
 
     parts: list[AttackResult] = []
@@ -267,6 +265,10 @@ def _figures(ctx: RunContext, attack) -> dict[str, Path]:
         )  # fmt: skip
     if hasattr(attack, "figures"):
         figs.update(attack.figures(ctx) or {})
+    if ctx.cfg.get("explain", False):
+        from fragility.benchmarks.explain import explain_figures
+
+        figs.update(explain_figures(ctx, attack) or {})
     return figs
 
 
