@@ -71,6 +71,7 @@ class QueryCounter(nn.Module):
         super().__init__()
         self.model = model
         self.counts = torch.zeros(n, dtype=torch.long)
+        self.training = False  # its own flag only; the model's modes are owned by eval_mode()
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         if idx is None:
