@@ -65,6 +65,9 @@ def load_weights(net: nn.Module, path: str | Path, map_location: str | torch.dev
     """Load ``path`` into ``net`` strictly; a mismatch is one line that says what differs."""
     sd = extract_state_dict(load_checkpoint(path, map_location), path)
     own = net.state_dict()
+    # BatchNorm's num_batches_tracked buffer (PyTorch >= 0.4.1) is absent from older checkpoints
+    # (e.g. the published CIFAR ResNets) and unused in eval mode: keep the model's own value
+    sd = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in sd}, **sd}
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
