@@ -1,0 +1,396 @@
+"""Adversarial patch: one image-independent sticker that turns any image into the target class.
+
+Brown, Mané, Roy, Abadi, Gilmer, "Adversarial Patch", 2017 (arXiv:1712.09665). The patch is trained
+with expectation over transformation: each step pastes it into a batch of training images, each at
+its own random location, rotation (``±rotation`` degrees) and scale (a multiple of ``area``), and
+maximizes the target's log-probability averaged over the batch. Evaluation pastes the trained patch
+at exactly ``area`` of each held-out image (random location and rotation from the per-sample
+streams), so the threat model is: ``round(area * H * W)`` pixels, anywhere, any value.
+
+A trained patch is an artifact: :meth:`Patch.save` writes a PNG (the printable sticker, 8-bit, as
+scored) and a JSON with its target, shape, area, transformation ranges, training model and data
+and held-out success; ``Patch(load=PATH)`` re-applies it to any model with no training.
+
+Example::
+
+    patch = Patch(target="truck", area=0.1, steps=500).fit(model, train_images, train_labels)
+    res = patch(model, test_images, test_labels)       # res.success: targeted success per image
+    patch.save("truck.png"); res2 = Patch(load="truck.png")(other_model, test_images, test_labels)
+
+With the runner (``attack=patch``) training happens in :meth:`prepare` on ``attack.train_dataset``
+(default: the evaluated source's train split, or the rest of the source when it has none), and any
+training image identical to an evaluated image is dropped first, so scores are held out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fragility.attacks.base import Attack
+from fragility.attacks.budget import parse_number
+from fragility.attacks.patch_transforms import SHAPES, apply_patch, n_pixels, random_placement, shape_mask, side_pixels
+from fragility.attacks.rng import content_keys
+from fragility.errors import CheckpointError, ConfigError, DataError, InputError
+from fragility.models.wrapper import eval_mode
+
+FORMAT = "fragility-patch/1"
+_DEFAULTS = {"area": 0.1, "shape": "square", "rotation": 22.5, "scale": (0.8, 1.2)}
+
+
+class Patch(Attack):
+    name = "patch"
+    norm = "patch"
+
+    def __init__(
+        self,
+        *,
+        target: int | str | None = None,
+        area: float | str | None = None,
+        shape: str | None = None,
+        rotation: float | None = None,
+        scale: Sequence[float] | None = None,
+        steps: int = 500,
+        batch_size: int = 64,
+        optimizer: str = "adam",
+        lr: float = 0.05,
+        resolution: int | None = None,
+        train_dataset: Any = None,
+        train_path: str | None = None,
+        train_n: int | None = None,
+        load: str | None = None,
+        save: str | None = None,
+        curve_areas: Sequence[float] | None = None,
+        seed: int = 0,
+    ) -> None:
+        """``area``, ``shape``, ``rotation`` (degrees) and ``scale`` (range of area multipliers during
+        training) default to 0.1, square, 22.5 and (0.8, 1.2), or to the saved patch's values with
+        ``load=``. ``curve_areas``: areas at which :meth:`figures` scores the patch (success curve)."""
+        super().__init__(target=target, seed=seed)
+        self.patch: torch.Tensor | None = None  # (C, P, P) in [0, 1], multiples of 1/255
+        self.info: dict[str, Any] = {}
+        self.load_path = str(load) if load else None
+        given = {"area": area, "shape": shape, "rotation": rotation, "scale": scale}
+        if self.load_path:
+            self.patch, self.info = read_patch(self.load_path)
+            for k in given:
+                if given[k] is None:
+                    given[k] = self.info[k]
+            if target is None:
+                self.target = self.info["target"]
+        for k, v in _DEFAULTS.items():
+            if given[k] is None:
+                given[k] = v
+        self.area = parse_number(given["area"], "area")
+        if not 0 < self.area <= 1:
+            raise ConfigError(f"area is a fraction of the image in (0, 1], got {given['area']!r}")
+        self.shape = str(given["shape"]).lower()
+        if self.shape not in SHAPES:
+            raise ConfigError(f"unknown patch shape {given['shape']!r} (valid: {', '.join(SHAPES)})")
+        self.rotation = float(given["rotation"])
+        if not 0 <= self.rotation <= 180:
+            raise ConfigError(f"rotation is a maximum angle in degrees in [0, 180], got {self.rotation}")
+        sc = [float(s) for s in (given["scale"] if isinstance(given["scale"], Sequence) else [given["scale"]] * 2)]
+        if len(sc) != 2 or not 0 < sc[0] <= sc[1] or self.area * sc[1] > 1:
+            raise ConfigError(f"scale is a range [lo, hi] with 0 < lo <= hi and area * hi <= 1, got {given['scale']!r}")
+        self.scale = (sc[0], sc[1])
+        self.steps, self.batch_size = int(steps), int(batch_size)
+        if self.steps < 0 or self.batch_size < 1:
+            raise ConfigError(f"steps must be >= 0 and batch_size >= 1, got {steps}, {batch_size}")
+        self.optimizer = str(optimizer).lower()
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"unknown optimizer {optimizer!r} (adam, sgd)")
+        self.lr = float(lr)
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {lr}")
+        self.resolution = int(resolution) if resolution else None
+        self.train_dataset, self.train_path = train_dataset, train_path
+        self.train_n = int(train_n) if train_n else None
+        self.save_path = str(save) if save else None
+        self.curve_areas = [parse_number(a, "curve_areas") for a in (curve_areas or [])]
+        if any(not 0 < a <= 1 for a in self.curve_areas):
+            raise ConfigError(f"curve_areas must lie in (0, 1], got {list(curve_areas or [])}")
+        self.history: list[float] = []  # training loss per step
+        self._summary: dict[str, Any] = {}
+
+    # ---- threat model ----------------------------------------------------------------------
+    @property
+    def budget(self) -> float:
+        return self.area
+
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"target": self.target, "area": self.area, "shape": self.shape, "rotation": self.rotation}
+        if self.load_path:
+            out["load"] = Path(self.load_path).name
+        else:
+            out.update(steps=self.steps, batch=self.batch_size)
+        return out
+
+    def project(self, adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        # the patch covers exactly n_pixels(area) positions; anything beyond that would be a bug here
+        h, w = images.shape[-2:]
+        changed = (adv != images).any(1).flatten(1).sum(1)
+        if (changed > int(n_pixels(self.area, h, w))).any():
+            raise RuntimeError("patch changed more pixels than its area allows")
+        return adv
+
+    # ---- training --------------------------------------------------------------------------
+    def fit(self, model: torch.nn.Module, images: Any, labels: torch.Tensor | None = None, *, progress: bool = False,
+            device: torch.device | str | None = None) -> Patch:  # fmt: skip
+        """Train the patch on ``images`` (a float [0, 1] NCHW tensor, or an ``ImageSet`` whose uint8
+        images are converted per batch) with EOT; images of the target class are skipped."""
+        from tqdm.auto import tqdm
+
+        from fragility.benchmarks.data import ImageSet
+
+        if self.target is None:
+            raise ConfigError("the adversarial patch is targeted: set attack.target (a class index or name)")
+        data = images if isinstance(images, ImageSet) else None
+        x = data.x if data is not None else images
+        y = torch.as_tensor(data.y if data is not None else labels, dtype=torch.long)
+        if not torch.is_tensor(x) or x.dim() != 4 or len(x) != len(y):
+            raise InputError("fit needs an NCHW image tensor (or ImageSet) and one label per image")
+        if hasattr(model, "check_images"):
+            model.check_images(x[:1].float())
+        tgt = model.class_index(self.target) if hasattr(model, "class_index") else int(self.target)
+        keep = (y != tgt).nonzero().flatten()
+        if len(keep) == 0:
+            raise DataError("no training images outside the target class")
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        c, h, w = x.shape[1:]
+        res = self.resolution or max(8, math.ceil(float(side_pixels(self.area, h, w, self.shape, torch.tensor(self.scale[1])))))
+        g = torch.Generator().manual_seed(self.seed)
+        patch = torch.rand(c, res, res, generator=g).to(device).requires_grad_(True)
+        opt = torch.optim.Adam([patch], lr=self.lr) if self.optimizer == "adam" else torch.optim.SGD([patch], lr=self.lr)
+        target = torch.full((self.batch_size,), tgt, dtype=torch.long, device=device)
+        self.history = []
+        t0 = time.perf_counter()
+        params = [p for p in model.parameters() if p.requires_grad]
+        try:
+            for p in params:  # only the patch needs gradients: skipping weight gradients saves a third of a step
+                p.requires_grad_(False)
+            with eval_mode(model):
+                bar = tqdm(range(self.steps), desc=f"patch -> {self.target}", disable=not progress, leave=False)
+                for _ in bar:
+                    idx = keep[torch.randint(len(keep), (self.batch_size,), generator=g)]
+                    xb = x[idx].to(device)
+                    xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
+                    pl = random_placement(self.batch_size, h, w, self.area, self.shape, self.rotation, self.scale,
+                                          lambda k: torch.rand(self.batch_size, k, generator=g), device)  # fmt: skip
+                    loss = F.cross_entropy(model(apply_patch(xb, patch, pl, self.area, self.shape)), target)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    with torch.no_grad():
+                        patch.clamp_(0, 1)
+                    self.history.append(float(loss.detach()))
+                    bar.set_postfix(loss=f"{self.history[-1]:.3f}", refresh=False)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+        seconds = time.perf_counter() - t0
+        self.patch = quantize(patch.detach().cpu())  # what is scored is what prints: 8-bit
+        self.info = {
+            "target": model.class_names[tgt] if hasattr(model, "class_names") else tgt,
+            "target_index": tgt, "model": getattr(model, "name", type(model).__name__),
+            "train_data": data.name if data is not None else "tensor", "n_train": len(keep), "steps": self.steps,
+            "batch_size": self.batch_size, "optimizer": self.optimizer, "lr": self.lr, "seed": self.seed,
+            "train_seconds": round(seconds, 2), "seconds_per_step": round(seconds / max(1, self.steps), 5),
+            "final_loss": self.history[-1] if self.history else None,
+        }  # fmt: skip
+        return self
+
+    def prepare(self, *, model, cfg, device, seed, progress) -> None:
+        """Runner hook: train on the training split (or use the loaded patch), held out from the
+        images the runner is about to score."""
+        from fragility.benchmarks.config import safe_instantiate
+        from fragility.benchmarks.runner import align_labels
+
+        allowed = list(cfg.get("allowed_targets") or [])
+        eval_source = safe_instantiate(cfg.dataset, allowed)
+        eval_data = eval_source.load(int(cfg.n_samples), int(seed), model.input_size)
+        self._summary = {"eval_data": data_label(eval_source, eval_data)}
+        if self.patch is not None:  # loaded: re-applied as is (fine-tune from Python with fit)
+            self._summary.update(source="loaded", patch_file=self.load_path, trained_on=self.info.get("train_data"),
+                                 trained_model=self.info.get("model"))  # fmt: skip
+            return
+        train_source = self._train_source(cfg, eval_source, allowed)
+        train = train_source.load(self.train_n, int(seed) + 1, model.input_size)
+        if train.image_size != tuple(model.input_size):
+            raise InputError(f"training data {train.name} has {train.image_size} images, model expects {model.input_size}")
+        train = align_labels(train, model.class_names)
+        train.name = data_label(train_source, train)
+        train, dropped = drop_overlap(train, eval_data)
+        self.fit(model, train, progress=progress, device=device)
+        self._summary.update(source="trained", trained_on=train.name, n_train=self.info["n_train"],
+                             dropped_overlap=dropped, train_seconds=self.info["train_seconds"],
+                             seconds_per_step=self.info["seconds_per_step"])  # fmt: skip
+
+    def _train_source(self, cfg, eval_source, allowed):
+        """``train_dataset`` if given; else the evaluated source with ``train_path`` or its train split;
+        else the same source (its images outside the evaluated subset)."""
+        from omegaconf import OmegaConf
+
+        from fragility.benchmarks.config import safe_instantiate
+
+        if self.train_dataset is not None:
+            src = self.train_dataset
+            return safe_instantiate(OmegaConf.create(dict(src)), allowed) if not hasattr(src, "load") else src
+        node = OmegaConf.to_container(cfg.dataset, resolve=True)
+        target = str(node.get("_target_", ""))
+        if self.train_path:
+            key = "root" if target.endswith("ImageFolder") else "path"
+            node[key] = self.train_path
+        elif target.endswith(".Digits"):
+            node["split"] = "train"
+        elif target.endswith(".Cifar10"):
+            node["train"] = True
+        else:
+            return eval_source  # held out by drop_overlap
+        return safe_instantiate(OmegaConf.create(node), allowed)
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def _run(self, model, images, labels, targets, rng):
+        if self.patch is None:
+            raise ConfigError("the patch is not trained: call fit(), run through the runner, or pass load=PATH")
+        if self.patch.shape[0] != images.shape[1]:
+            raise InputError(f"the patch has {self.patch.shape[0]} channels, the images {images.shape[1]}")
+        n, _, h, w = images.shape
+        pl = random_placement(n, h, w, self.area, self.shape, self.rotation, (1.0, 1.0), rng.uniform, images.device)
+        adv = apply_patch(images, self.patch.to(images.device), pl, self.area, self.shape)
+        return adv, {"labels": labels, "angle": torch.rad2deg(pl.angle), "cx": pl.cx, "cy": pl.cy}
+
+    def apply(self, images: torch.Tensor, *, area: float | None = None, seed: int | None = None) -> torch.Tensor:
+        """Paste the patch into ``images`` at ``area`` (default: the patch's), at the same random
+        placement ``__call__`` would use for each image. No model needed."""
+        from fragility.attacks.rng import SampleRNG
+
+        if self.patch is None:
+            raise ConfigError("the patch is not trained: call fit() or pass load=PATH")
+        a = self.area if area is None else float(area)
+        rng = SampleRNG(content_keys(images, self.seed if seed is None else seed))
+        n, _, h, w = images.shape
+        pl = random_placement(n, h, w, a, self.shape, self.rotation, (1.0, 1.0), rng.uniform, images.device)
+        return apply_patch(images, self.patch.to(images.device), pl, a, self.shape).clamp(0, 1)
+
+    def extra_metrics(self, result) -> dict[str, Any]:
+        from fragility.benchmarks.metrics import wilson_interval
+
+        labels = result.extras["labels"]
+        scored = labels != result.targets
+        k_t, k_u, m = int(result.success[scored].sum()), int((result.pred != labels)[scored].sum()), int(scored.sum())
+        source = "loaded" if self._summary.get("source") == "loaded" else "heldout"
+        out = {
+            "split": f"{self._summary.get('eval_data', 'eval')}:{source}",
+            "targeted_success": k_t / m if m else math.nan, "targeted_ci": list(wilson_interval(k_t, m)),
+            "untargeted_success": k_u / m if m else math.nan, "untargeted_ci": list(wilson_interval(k_u, m)),
+            "n_scored": m, **self._summary,
+        }  # fmt: skip
+        self.info["heldout"] = {k: out[k] for k in ("split", "targeted_success", "targeted_ci", "untargeted_success", "n_scored")}
+        return out
+
+    # ---- artifacts -------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (.png, the sticker; a circle gets a transparent outside) and the JSON beside it."""
+        if self.patch is None:
+            raise ConfigError("nothing to save: the patch is not trained")
+        from PIL import Image
+
+        png = Path(path).expanduser().with_suffix(".png")
+        png.parent.mkdir(parents=True, exist_ok=True)
+        arr = (self.patch.clamp(0, 1) * 255).round().to(torch.uint8)
+        if self.shape == "circle":
+            alpha = (shape_mask(arr.shape[-1], "circle") * 255).to(torch.uint8)[None]
+            arr = torch.cat([arr, alpha])
+        mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[0]]
+        Image.fromarray(arr.permute(1, 2, 0).squeeze(-1).numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy(), mode).save(png)
+        meta = {"format": FORMAT, **self.info, "target": self.info.get("target", self.target), "shape": self.shape,
+                "area": self.area, "rotation": self.rotation, "scale": list(self.scale), "channels": int(self.patch.shape[0]),
+                "resolution": int(self.patch.shape[-1]), "png": png.name}  # fmt: skip
+        png.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=str))
+        return png
+
+    def figures(self, ctx) -> dict[str, Path]:
+        from fragility.benchmarks.patch_figures import area_curve, patched_grid, sticker
+
+        if self.patch is None:
+            return {}
+        figs = {"patch_png": self.save(ctx.run_dir / "patch.png")}
+        if self.save_path:
+            self.save(self.save_path)
+        figs["patch"] = sticker(self, ctx.run_dir / "patch_view.png")
+        figs["patched"] = patched_grid(self, ctx, ctx.run_dir / "patched.png")
+        if self.curve_areas:
+            figs["area_curve"] = area_curve(self, ctx, self.curve_areas, ctx.run_dir / "area_curve.png")
+        return figs
+
+
+def data_label(source, data) -> str:
+    """``cifar10-test`` for an npz/folder source named cifar10 read from test.npz; else the data's name."""
+    p = getattr(source, "path", None) or getattr(source, "root", None)
+    stem = Path(p).stem if p else ""
+    return f"{data.name}-{stem}" if stem and stem not in data.name else data.name
+
+
+def quantize(patch: torch.Tensor) -> torch.Tensor:
+    return (patch.clamp(0, 1) * 255).round() / 255
+
+
+def drop_overlap(train, held_out) -> tuple[Any, int]:
+    """Remove from ``train`` (an ImageSet) every image whose 8-bit content equals one in ``held_out``."""
+    keys = lambda d: content_keys(d.images(), 0)  # noqa: E731
+    held = set(keys(held_out).tolist())
+    tk = keys(train)
+    keep = torch.tensor([k not in held for k in tk.tolist()], dtype=torch.bool)
+    dropped = int((~keep).sum())
+    if dropped:
+        train.x, train.y, train.ids = train.x[keep], train.y[keep], train.ids[keep]
+    if len(train) == 0:
+        raise DataError(f"no training images left in {train.name} after removing the evaluated ones")
+    return train, dropped
+
+
+_REQUIRED = {"target": (str, int), "shape": str, "area": (int, float), "rotation": (int, float), "scale": list}
+
+
+def read_patch(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Load a saved patch (``.png`` or ``.json``; the other file is found beside it), validated."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path).expanduser()
+    png, meta_path = p.with_suffix(".png"), p.with_suffix(".json")
+    for f in (png, meta_path):
+        if not f.is_file():
+            raise CheckpointError(f"patch file not found: {f} (a saved patch is a .png plus a .json beside it)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"corrupt patch metadata {meta_path}: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path} is not a fragility patch file (format {FORMAT!r} expected)")
+    for k, t in _REQUIRED.items():
+        if not isinstance(meta.get(k), t) or isinstance(meta.get(k), bool):
+            raise CheckpointError(f"{meta_path}: field {k!r} missing or of the wrong type")
+    if meta["shape"] not in SHAPES or len(meta["scale"]) != 2:
+        raise CheckpointError(f"{meta_path}: bad shape {meta['shape']!r} or scale {meta['scale']!r}")
+    try:
+        with Image.open(png) as im:
+            im.load()
+            arr = np.asarray(im.convert({"L": "L", "LA": "LA", "RGBA": "RGBA"}.get(im.mode, "RGB")))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise CheckpointError(f"corrupt patch image {png}: {str(e).splitlines()[0][:200]}") from None
+    t = torch.from_numpy(arr.copy())
+    t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)
+    if t.shape[0] in (2, 4):
+        t = t[:-1]  # alpha only marks the circle's outside
+    if t.shape[-1] != t.shape[-2] or t.shape[0] != meta.get("channels", t.shape[0]):
+        raise CheckpointError(f"{png}: a {tuple(t.shape)} image does not match its metadata (square, {meta.get('channels')} channels)")
+    return t.float() / 255, meta
