@@ -58,9 +58,6 @@ class WandbLogger(NullLogger):
             for key, path in images.items():
                 payload[key] = wandb.Image(str(path))
             self.run.log(payload)
-            for k, v in payload.items():
-                if isinstance(v, (int, float)):
-                    self.run.summary[k] = v
 
         self._guard("log", _log)
 
