@@ -40,7 +40,6 @@ from fragility.attacks.budget import parse_number
 from fragility.attacks.patch_transforms import SHAPES, apply_patch, n_pixels, random_placement, shape_mask, side_pixels
 from fragility.attacks.rng import content_keys
 from fragility.errors import CheckpointError, ConfigError, DataError, InputError
-from fragility.models.wrapper import eval_mode
 
 FORMAT = "fragility-patch/1"
 _DEFAULTS = {"area": 0.1, "shape": "square", "rotation": 22.5, "scale": (0.8, 1.2)}
@@ -144,9 +143,11 @@ class Patch(Attack):
 
     # ---- training --------------------------------------------------------------------------
     def fit(self, model: torch.nn.Module, images: Any, labels: torch.Tensor | None = None, *, progress: bool = False,
-            device: torch.device | str | None = None) -> Patch:  # fmt: skip
+            device: torch.device | str | None = None, init: torch.Tensor | None = None) -> Patch:  # fmt: skip
         """Train the patch on ``images`` (a float [0, 1] NCHW tensor, or an ``ImageSet`` whose uint8
-        images are converted per batch) with EOT; images of the target class are skipped."""
+        images are converted per batch) with EOT; images of the target class are skipped. ``init``:
+        a (C, P, P) patch to start from (e.g. a saved one, to fine-tune it for another area or model),
+        resampled to this patch's resolution; default uniform noise."""
         from tqdm.auto import tqdm
 
         from fragility.benchmarks.data import ImageSet
@@ -168,34 +169,34 @@ class Patch(Attack):
         c, h, w = x.shape[1:]
         res = self.resolution or max(8, math.ceil(float(side_pixels(self.area, h, w, self.shape, torch.tensor(self.scale[1])))))
         g = torch.Generator().manual_seed(self.seed)
-        patch = torch.rand(c, res, res, generator=g).to(device).requires_grad_(True)
+        patch = torch.rand(c, res, res, generator=g)
+        if init is not None:
+            if init.dim() != 3 or init.shape[0] != c:
+                raise InputError(f"init must be a ({c}, P, P) patch, got shape {tuple(init.shape)}")
+            patch = F.interpolate(init[None].float(), size=(res, res), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
+        patch = patch.to(device).requires_grad_(True)
         opt = torch.optim.Adam([patch], lr=self.lr) if self.optimizer == "adam" else torch.optim.SGD([patch], lr=self.lr)
         target = torch.full((self.batch_size,), tgt, dtype=torch.long, device=device)
         self.history = []
         t0 = time.perf_counter()
-        params = [p for p in model.parameters() if p.requires_grad]
-        try:
-            for p in params:  # only the patch needs gradients: skipping weight gradients saves a third of a step
-                p.requires_grad_(False)
-            with eval_mode(model):
-                bar = tqdm(range(self.steps), desc=f"patch -> {self.target}", disable=not progress, leave=False)
-                for _ in bar:
-                    idx = keep[torch.randint(len(keep), (self.batch_size,), generator=g)]
-                    xb = x[idx].to(device)
-                    xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
-                    pl = random_placement(self.batch_size, h, w, self.area, self.shape, self.rotation, self.scale,
-                                          lambda k: torch.rand(self.batch_size, k, generator=g), device)  # fmt: skip
-                    loss = F.cross_entropy(model(apply_patch(xb, patch, pl, self.area, self.shape)), target)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    with torch.no_grad():
-                        patch.clamp_(0, 1)
-                    self.history.append(float(loss.detach()))
-                    bar.set_postfix(loss=f"{self.history[-1]:.3f}", refresh=False)
-        finally:
-            for p in params:
-                p.requires_grad_(True)
+        net = frozen_copy(model, x[:2].to(device))
+        cl = torch.channels_last
+        bar = tqdm(range(self.steps), desc=f"patch -> {self.target}", disable=not progress, leave=False)
+        for _ in bar:
+            idx = keep[torch.randint(len(keep), (self.batch_size,), generator=g)]
+            xb = x[idx].to(device)
+            xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
+            pl = random_placement(self.batch_size, h, w, self.area, self.shape, self.rotation, self.scale,
+                                  lambda k: torch.rand(self.batch_size, k, generator=g), device)  # fmt: skip
+            adv = apply_patch(xb, patch, pl, self.area, self.shape)
+            loss = F.cross_entropy(net(adv.contiguous(memory_format=cl) if c == 3 else adv), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                patch.clamp_(0, 1)
+            self.history.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{self.history[-1]:.3f}", refresh=False)
         seconds = time.perf_counter() - t0
         self.patch = quantize(patch.detach().cpu())  # what is scored is what prints: 8-bit
         self.info = {
@@ -331,6 +332,33 @@ class Patch(Attack):
         if self.curve_areas:
             figs["area_curve"] = area_curve(self, ctx, self.curve_areas, ctx.run_dir / "area_curve.png")
         return figs
+
+
+def frozen_copy(model: torch.nn.Module, probe: torch.Tensor) -> torch.nn.Module:
+    """An eval-mode copy of ``model`` for patch training, with no weight gradients, BatchNorm folded
+    into the convolutions (torch.fx) and channels-last weights. The patch never changes the model,
+    so this is exact up to float rounding (checked on ``probe``) and buys about 1.5x per step on CPU
+    (no weight gradients, no BatchNorm passes); a model fx cannot trace is used unfused."""
+    import copy
+
+    from torch.fx.experimental.optimization import fuse
+
+    net = copy.deepcopy(model).eval().requires_grad_(False)
+    inner = "net" if isinstance(getattr(net, "net", None), torch.nn.Module) else None
+    try:
+        fused = copy.deepcopy(net)
+        if inner:
+            fused.net = fuse(fused.net)
+        else:
+            fused = fuse(fused)
+        with torch.no_grad():
+            probe = probe.float().div(255) if probe.dtype == torch.uint8 else probe.float()
+            a, b = net(probe), fused(probe)
+        if a.shape == b.shape and torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max().clamp_min(1))):
+            net = fused
+    except (torch.fx.proxy.TraceError, TypeError, RuntimeError, AttributeError, NotImplementedError, KeyError):
+        pass  # not traceable: keep the plain copy
+    return net.to(memory_format=torch.channels_last)
 
 
 def data_label(source, data) -> str:
