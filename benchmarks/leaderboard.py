@@ -107,6 +107,9 @@ def write_leaderboards(records: list[RunRecord], out_dir: str | Path) -> pd.Data
     md += (_fmt(board).to_markdown(index=False) if len(board) else "(no runs yet)") + "\n"
     _atomic_write(out / "leaderboard.md", md)
     _atomic_write(out / "leaderboard.html", render_html(board, summ, _links(records, out)))
+    from fragility.benchmarks.defense_leaderboard import write_defense_leaderboard
+
+    write_defense_leaderboard(records, out)  # defense_leaderboard.csv/.md/.html
     return board
 
 

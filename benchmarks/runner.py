@@ -5,6 +5,13 @@ attack the initially correct samples batch by batch (progress bar), compute metr
 record plus per-sample facts to the store in one transaction, draw pictures, log to W&B, and
 re-render the leaderboards. A finished configuration is skipped unless ``force=true``.
 
+Defenses are scored honestly (Athalye, Carlini, Wagner 2018): when the configured defense is
+non-differentiable (jpeg, bit_depth, median) or randomized (gaussian_noise, smoothing), the attack
+runs in two variants, ``standard`` (the gradients the defense exposes) and ``adaptive`` (BPDA /
+EOT, see :mod:`fragility.defenses.base`), each stored as its own record with ``variant`` set and
+its own config hash; ``run`` returns the worst of them. ``defense.adaptive=false`` skips the
+adaptive variant. A certifying defense (smoothing) adds certified accuracy to every record.
+
 Attacks can hook into the run with optional methods:
 - ``prepare(model=, cfg=, device=, seed=, progress=)``: work before evaluation (e.g. train a patch);
 - ``extra_metrics(result) -> dict``: numbers for the record's ``extra_json``;
@@ -37,6 +44,7 @@ from fragility.benchmarks.provenance import config_hash, now, versions
 from fragility.benchmarks.record import RunRecord
 from fragility.benchmarks.store import ResultStore
 from fragility.benchmarks.wandb_logger import NullLogger
+from fragility.defenses.base import set_adaptive
 from fragility.errors import ConfigError, DataError, InputError
 
 log = logging.getLogger(__name__)
@@ -118,32 +126,58 @@ def predict(model: torch.nn.Module, data: ImageSet, batch_size: int, device: tor
     return torch.cat(preds), torch.cat(confs)
 
 
-def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
-    allowed = list(cfg.get("allowed_targets") or [])
-    model = safe_instantiate(cfg.model, allowed)
+def build_defense(cfg: DictConfig, allowed: list[str]):
+    """The configured defense object, or None for ``defense=none``."""
     defense_cfg = cfg.get("defense")
     if defense_cfg is not None and defense_cfg.get("_target_"):
-        model = safe_instantiate(defense_cfg, allowed).wrap(model)
+        return safe_instantiate(defense_cfg, allowed)
+    return None
+
+
+def build_model(cfg: DictConfig, device: torch.device, defense=None) -> torch.nn.Module:
+    allowed = list(cfg.get("allowed_targets") or [])
+    model = safe_instantiate(cfg.model, allowed)
+    if defense is None:
+        defense = build_defense(cfg, allowed)
+    if defense is not None:
+        model = defense.wrap(model)
     return model.to(device).eval()
 
 
+def variant_hash(resolved: dict, variant: str) -> str:
+    """The standard variant keeps the plain config hash; every other variant hashes its name in."""
+    return config_hash(resolved) if variant == "standard" else config_hash({**resolved, "variant": variant})
+
+
+def worst_record(records: list[RunRecord]) -> RunRecord:
+    """A defense's reported robustness: the variant with the lowest robust accuracy."""
+    return min(records, key=lambda r: (r.robust_acc, r.variant != "adaptive"))
+
+
 def run(cfg: DictConfig) -> RunRecord:
+    """Score one configuration. With a non-differentiable or randomized defense the attack runs
+    twice, ``standard`` (gradients as the defense exposes them) and ``adaptive`` (BPDA / EOT),
+    each written as its own record; the one returned is the worst case of the two."""
     n_samples, seed, batch_size = _check_top_level(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    h = config_hash(resolved)
+    allowed = list(cfg.get("allowed_targets") or [])
+    defense = build_defense(cfg, allowed)
+    variants = ["standard"] + (["adaptive"] if defense is not None and defense.needs_adaptive else [])
+    hashes = {v: variant_hash(resolved, v) for v in variants}
     store = ResultStore(cfg.results_dir)
     results_dir = Path(cfg.results_dir)
-    if store.has(h) and not cfg.get("force", False):
-        rec = store.get(h)
-        print(f"[fragility] {rec.model} / {rec.attack} {rec.params}: already in {store.path} (config {h}); force=true re-runs it")
+    force = bool(cfg.get("force", False))
+    if all(store.has(h) for h in hashes.values()) and not force:
+        recs = [store.get(h) for h in hashes.values()]
+        for rec in recs:
+            print(f"[fragility] {rec.model} / {rec.attack} {rec.params}{_vtag(rec)}: already in {store.path} (config {rec.config_hash}); force=true re-runs it")
         write_leaderboards(store.records(), results_dir)
-        return rec
+        return worst_record(recs)
 
     device = resolve_device(cfg.device)
-    allowed = list(cfg.get("allowed_targets") or [])
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
-    model = build_model(cfg, device)
+    model = build_model(cfg, device, defense)
     source = safe_instantiate(cfg.dataset, allowed)
     data = source.load(n_samples, seed, model.input_size)
     if data.image_size != tuple(model.input_size):
@@ -153,13 +187,58 @@ def run(cfg: DictConfig) -> RunRecord:
         )
     data = align_labels(data, model.class_names)
     attack = safe_instantiate(cfg.attack, allowed)
-    defense_name = str((cfg.get("defense") or {}).get("name", "none"))
     progress = bool(cfg.get("progress", True))
-
-    if hasattr(attack, "prepare"):
-        attack.prepare(model=model, cfg=cfg, device=device, seed=seed, progress=progress)
+    set_adaptive(model, False)
 
     clean_pred, clean_conf = predict(model, data, batch_size, device)
+    certified = _certify(model, data, batch_size, device, progress) if defense is not None else {}
+    records = []
+    for variant in variants:
+        h = hashes[variant]
+        if store.has(h) and not force:
+            records.append(store.get(h))
+            continue
+        set_adaptive(model, variant == "adaptive")
+        try:
+            rec = _score_variant(cfg, resolved, h, variant, model, defense, data, attack, clean_pred, clean_conf,
+                                 certified, store, results_dir, device, seed, batch_size, progress, allowed)  # fmt: skip
+        finally:
+            set_adaptive(model, False)
+        records.append(rec)
+    write_leaderboards(store.records(), results_dir)
+    if len(records) > 1:
+        w = worst_record(records)
+        print(f"[fragility] {w.defense}: reported robust accuracy (worst of {', '.join(r.variant for r in records)}) {w.robust_acc:.1%} ({w.variant})")
+    return worst_record(records)
+
+
+def _vtag(rec: RunRecord) -> str:
+    return "" if rec.variant == "standard" else f" [{rec.variant}]"
+
+
+def _certify(model, data: ImageSet, batch_size: int, device: torch.device, progress: bool) -> dict[str, Any]:
+    """Certified accuracy at the defense's radii, when the defense certifies (randomized smoothing)."""
+    d = getattr(model, "defense", None)
+    if not hasattr(model, "certify") or not getattr(d, "run_certify", False):
+        return {}
+    preds, radii = [], []
+    for i in tqdm(range(0, len(data), batch_size), desc=f"{model.name} certify", disable=not progress, leave=False):
+        p, r = model.certify(data.images(slice(i, i + batch_size)).to(device))
+        preds.append(p)
+        radii.append(r)
+    from fragility.defenses.smoothing import certified_accuracy
+
+    out = certified_accuracy(torch.cat(preds), torch.cat(radii), data.y, d.radii)
+    print("[fragility] " + model.name + " / " + d.label() + ": " + "  ".join(f"{k} {v:.1%}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items()))
+    return out
+
+
+def _score_variant(cfg, resolved, h, variant, model, defense, data, attack, clean_pred, clean_conf, certified,
+                   store, results_dir, device, seed, batch_size, progress, allowed) -> RunRecord:  # fmt: skip
+    """Attack the initially correct samples once (in the model's current variant), write the record."""
+    defense_name = defense.label() if defense is not None else str((cfg.get("defense") or {}).get("name", "none"))
+    if hasattr(attack, "prepare"):
+        attack.prepare(model=model, cfg=cfg, device=device, seed=seed, progress=progress)
     targets_all = attack.make_targets(model, data.y)
     attacked = (clean_pred == data.y).nonzero().flatten()
 
@@ -167,7 +246,8 @@ def run(cfg: DictConfig) -> RunRecord:
     norms = {k: np.zeros(len(data)) for k in ("linf", "l2", "l0")}
     examples: dict[str, torch.Tensor] = {}
     t0 = time.perf_counter()
-    bar = tqdm(total=len(attacked), desc=f"{model.name} {attack.name}", unit="img", disable=not progress, leave=False)
+    desc = f"{model.name} {attack.name}" + ("" if variant == "standard" else f" [{variant}]")
+    bar = tqdm(total=len(attacked), desc=desc, unit="img", disable=not progress, leave=False)
     for start in range(0, len(attacked), batch_size):
         idx = attacked[start : start + batch_size]
         x = data.images(idx)
@@ -192,6 +272,11 @@ def run(cfg: DictConfig) -> RunRecord:
     extra: dict[str, Any] = {}
     if result is not None and hasattr(attack, "extra_metrics"):
         extra.update(attack.extra_metrics(result))
+    if defense is not None:
+        extra["defense_params"] = defense.params()
+        if variant == "adaptive":
+            extra["adaptive"] = defense.adaptive_description()
+        extra.update(certified)
     ctx.figures.update(_figures(ctx, attack))
     extra["figures"] = [str(p.relative_to(results_dir)) for p in ctx.figures.values()]
 
@@ -205,22 +290,26 @@ def run(cfg: DictConfig) -> RunRecord:
         success_ci_high=metrics["success_ci_high"], mean_queries=metrics["mean_queries"], mean_linf=metrics["mean_linf"],
         mean_l2=metrics["mean_l2"], mean_l0=metrics["mean_l0"], mean_conf=metrics["mean_conf"],
         mean_true_conf=metrics["mean_true_conf"], seconds=seconds, seed=seed, device=str(device), timestamp=now(),
-        split=str(extra.pop("split", "test")), config_json=json.dumps(resolved, default=str), extra_json=json.dumps(extra, default=str),
-        **vers,
+        split=str(extra.pop("split", "test")), variant=variant, config_json=json.dumps(resolved, default=str),
+        extra_json=json.dumps(extra, default=str), **vers,
     )  # fmt: skip
     store.write(record, samples)
 
     logger = safe_instantiate(cfg.logger, allowed) if cfg.get("logger") is not None else NullLogger()
     try:
-        logger.start(resolved, name=f"{record.model}-{record.attack}-{h[:8]}", results_dir=results_dir)
+        suffix = "" if variant == "standard" else f"-{variant}"
+        logger.start(resolved, name=f"{record.model}-{record.attack}{suffix}-{h[:8]}", results_dir=results_dir)
         logger.log_run(metrics, _row(record), {k: p for k, p in ctx.figures.items()})
+        if defense is not None:
+            from fragility.benchmarks.defense_leaderboard import defense_leaderboard, log_wandb_table
+
+            log_wandb_table(logger, defense_leaderboard(store.records()))
     finally:
         logger.finish()
 
-    write_leaderboards(store.records(), results_dir)
     ci = f"[{record.success_ci_low:.1%}, {record.success_ci_high:.1%}]" if record.n_attacked else ""
     print(
-        f"[fragility] {record.model} / {record.dataset} / {record.defense} / {record.attack} {record.params}: "
+        f"[fragility] {record.model} / {record.dataset} / {record.defense} / {record.attack} {record.params}{_vtag(record)}: "
         f"clean {record.clean_acc:.1%}  robust {record.robust_acc:.1%}  success {record.success_rate:.1%} {ci}  "
         f"queries {record.mean_queries:.1f}  {seconds:.1f}s  (config {h})"
     )

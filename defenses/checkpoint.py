@@ -1,0 +1,43 @@
+"""An adversarially trained model as a defense: the same architecture with other weights.
+
+``wrap(model)`` copies the model's network, loads ``path`` into it (``weights_only=True``, strict
+key and shape check) and keeps the model's normalization, input size and class names, so a
+leaderboard row reads (cifar_resnet20, checkpoint(resnet20_fgsm_rs)). Checkpoints written by
+``fragility-train`` (``model.pt``) fit directly. Differentiable and deterministic: the standard
+gradient attack is already the adaptive one.
+
+Example::
+
+    defended = Checkpoint(path="results/train/resnet20_fgsm_rs/model.pt").wrap(model)
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from fragility.defenses.base import Defense, DefendedClassifier
+from fragility.errors import ConfigError
+from fragility.models.checkpoint import load_weights
+
+
+class Checkpoint(Defense):
+    name = "checkpoint"
+
+    def __init__(self, *, path: str | None = None, label: str | None = None, **kw) -> None:
+        super().__init__(**kw)
+        if not path:
+            raise ConfigError("defense=checkpoint needs defense.path (a state dict for the model's architecture)")
+        self.path = Path(str(path)).expanduser()
+        p = self.path
+        self.tag = label or (p.parent.name if p.stem in ("model", "last") and p.parent.name else p.stem)
+
+    def label(self) -> str:
+        return f"checkpoint({self.tag})"
+
+    def wrap(self, model):
+        if not hasattr(model, "net"):
+            raise ConfigError(f"defense=checkpoint needs a Classifier with a .net to load weights into, got {type(model).__name__}")
+        clone = copy.deepcopy(model)
+        load_weights(clone.net, self.path)
+        return DefendedClassifier(clone.eval(), self)
