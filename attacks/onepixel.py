@@ -1,0 +1,260 @@
+"""One-pixel attack (L0, black box: reads only the model's probabilities).
+
+Su, Vargas, Sakurai, "One Pixel Attack for Fooling Deep Neural Networks", IEEE TEVC 2019.
+Each candidate sets ``pixels`` pixels, ``k x (row, col, r, g, b)``; differential evolution
+(DE/rand/1, F = 0.5, no crossover; positions uniform and colours Gaussian N(0.5, 0.5) clipped to
+[0, 1] at start) minimizes the true class's probability (untargeted) or maximizes the target's.
+An image stops at the first generation in which one of its candidates is misclassified (or
+classified as the target); its queries are the candidates it sent through the model.
+
+Batched: one generation evaluates the candidates of every unfinished image in the batch in model
+calls of up to ``max_batch`` images, and finished images drop out. ``precision="bf16"`` runs the
+candidate forwards under bfloat16 autocast (several times faster on CPUs with AVX-512 BF16 and on
+GPUs) and re-checks every apparent success in float32 before the image stops, so success means
+the same as with ``"fp32"``.
+
+Example::
+
+    res = OnePixel(pixels=1, popsize=400, maxiter=100)(model, images, labels)
+    res.success.float().mean(), res.extras["positions"], res.extras["new"]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fragility.attacks.base import Attack
+from fragility.attacks.differential_evolution import check_settings, evolve
+from fragility.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class OnePixel(Attack):
+    name = "onepixel"
+    norm = "l0"
+    needs_gradients = False
+
+    def __init__(
+        self,
+        *,
+        pixels: int = 1,
+        popsize: int = 400,
+        maxiter: int = 100,
+        mutation: float = 0.5,
+        crossover: float = 1.0,
+        strategy: str = "rand1",
+        max_batch: int = 1024,
+        precision: str = "fp32",
+        targeted: bool = False,
+        target: int | str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(target=target, seed=seed)
+        if int(pixels) < 1:
+            raise ConfigError(f"pixels must be >= 1, got {pixels}")
+        if int(max_batch) < 1:
+            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        check_settings(int(popsize), int(maxiter), float(mutation), float(crossover), strategy)
+        self.pixels, self.popsize, self.maxiter = int(pixels), int(popsize), int(maxiter)
+        self.mutation, self.crossover, self.strategy = float(mutation), float(crossover), strategy
+        self.max_batch, self.precision = int(max_batch), precision
+        self.want_targeted = bool(targeted) or target is not None
+
+    @property
+    def targeted(self) -> bool:
+        return self.want_targeted
+
+    @property
+    def budget(self) -> float:
+        return float(self.pixels)
+
+    def params(self) -> dict[str, Any]:
+        p = {"pixels": self.pixels, "popsize": self.popsize, "maxiter": self.maxiter}
+        if (self.mutation, self.crossover, self.strategy) != (0.5, 1.0, "rand1"):
+            p.update(F=self.mutation, CR=self.crossover, strategy=self.strategy)
+        if self.precision != "fp32":
+            p["precision"] = self.precision
+        if self.want_targeted:
+            p["target"] = "other" if self.target is None else self.target
+        return p
+
+    def make_targets(self, model, labels):
+        """``target`` given: that class. ``targeted`` alone: for each image the class
+        ``(label + 1 + seed mod (C - 1)) mod C``, a fixed, seed-dependent other class."""
+        if self.target is not None or not self.want_targeted:
+            return super().make_targets(model, labels)
+        c = getattr(model, "num_classes", None)
+        if c is None or c < 2:
+            raise ConfigError("targeted=true without target needs a model with num_classes >= 2")
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        return (labels + 1 + self.seed % (c - 1)) % c
+
+    def project(self, adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Keep the ``pixels`` most changed pixels of each image and restore all others."""
+        n, c, h, w = images.shape
+        change = (adv - images).abs().amax(1).flatten(1)  # (N, H*W)
+        keep = torch.zeros_like(change, dtype=torch.bool)
+        keep.scatter_(1, change.topk(min(self.pixels, h * w), dim=1).indices, True)
+        keep &= change > 0
+        return torch.where(keep.view(n, 1, h, w), adv, images)
+
+    # ---- the attack --------------------------------------------------------------------------
+    def _run(self, model, images, labels, targets, rng):
+        n, c, h, w = images.shape
+        k, pop = self.pixels, self.popsize
+        goal = targets if targets is not None else labels
+        hw = torch.tensor([h, w], dtype=torch.float32, device=images.device)
+        autocast = self.precision == "bf16"
+
+        def forward(x: torch.Tensor, owner: torch.Tensor, low: bool) -> torch.Tensor:
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=low):
+                return torch.softmax(model(x, idx=owner).float(), dim=1)
+
+        def objective(cand: torch.Tensor, idx: torch.Tensor):
+            m = cand.shape[0] * cand.shape[1]
+            flat = cand.reshape(m, k, 2 + c)
+            owner = idx.repeat_interleave(cand.shape[1])
+            fit = torch.empty(m, device=images.device)
+            ok = torch.empty(m, dtype=torch.bool, device=images.device)
+            for s in range(0, m, self.max_batch):
+                o = owner[s : s + self.max_batch]
+                prob = forward(paint(images, o, flat[s : s + self.max_batch]), o, autocast)
+                fit[s : s + self.max_batch], ok[s : s + self.max_batch] = self._score(prob, goal[o], targets is not None)
+            fit, ok = fit.view(cand.shape[:2]), ok.view(cand.shape[:2])
+            if autocast and ok.any():
+                ok = confirm(cand, idx, fit, ok)
+            return fit, ok
+
+        def confirm(cand, idx, fit, ok):
+            # bf16 says some candidates succeed: re-check each such image's best one in float32
+            # (one more query each). Only a confirmed candidate counts as a success; an image
+            # whose best apparent success fails in float32 keeps searching.
+            rows = ok.any(1).nonzero().flatten()
+            j = torch.where(ok[rows], fit[rows], torch.inf).argmin(1)
+            o = idx[rows]
+            _, good = self._score(forward(paint(images, o, cand[rows, j].view(len(rows), k, 2 + c)), o, False), goal[o], targets is not None)
+            out = torch.zeros_like(ok)
+            out[rows[good], j[good]] = True
+            return out
+
+        def repair(trial: torch.Tensor, idx: torch.Tensor, rng_) -> torch.Tensor:
+            # positions that left the image are redrawn uniformly (as SciPy's DE does);
+            # colours are clipped, so the extreme colours the attack favours stay reachable
+            t = trial.view(*trial.shape[:2], k, 2 + c)
+            fresh = rng_.uniform(pop, k, 2, idx=idx) * hw
+            pos = t[..., :2]
+            pos = torch.where((pos < 0) | (pos >= hw), fresh, pos)
+            return torch.cat([pos, t[..., 2:].clamp(0, 1)], dim=-1).view_as(trial)
+
+        idx = torch.arange(n, device=images.device)
+        with torch.inference_mode():
+            pos0 = rng.uniform(pop, k, 2, idx=idx) * hw  # uniform positions
+            col0 = (0.5 + 0.5 * rng.normal(pop, k, c, idx=idx)).clamp(0, 1)  # Gaussian colours
+            init = torch.cat([pos0, col0], dim=-1).view(n, pop, k * (2 + c))
+            res = evolve(objective, init, rng, idx, maxiter=self.maxiter, mutation=self.mutation,
+                         crossover=self.crossover, strategy=self.strategy, repair=repair)  # fmt: skip
+            best = res.x.view(n, k, 2 + c)
+            adv = paint(images, idx, best)
+            rows, cols = _positions(best, h, w)
+            old = images.permute(0, 2, 3, 1)[idx[:, None], rows, cols]
+        extras = {
+            "positions": torch.stack([rows, cols], -1).clone(),  # (N, k, 2) row, col
+            "old": old.clone(),  # (N, k, C) colours before
+            "new": best[..., 2:].clone(),  # (N, k, C) colours written
+            "generations": res.generations.clone(),  # (N,) generation that succeeded, else maxiter
+            "fitness": res.fitness.clone(),  # (N,) best true-class (or minus target) probability
+        }
+        return adv.clone(), extras
+
+    @staticmethod
+    def _score(prob: torch.Tensor, goal: torch.Tensor, targeted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        p = prob.gather(1, goal[:, None]).squeeze(1)
+        pred = prob.argmax(1)
+        return (-p, pred == goal) if targeted else (p, pred != goal)
+
+    # ---- hooks for the runner -------------------------------------------------------------------
+    def extra_metrics(self, result) -> dict[str, Any]:
+        gens = result.extras.get("generations")
+        if gens is None or len(gens) == 0:
+            return {}
+        ok = result.success
+        out = {"mean_generations": float(gens.float().mean())}
+        if ok.any():
+            out["mean_generations_success"] = float(gens[ok].float().mean())
+            out["mean_queries_success"] = float(result.queries[ok].float().mean())
+        return out
+
+    def figures(self, ctx) -> dict[str, Path]:
+        ex = ctx.examples
+        if not ex or not len(ex["clean"]):
+            return {}
+        with torch.inference_mode():
+            p = torch.softmax(ctx.model(ex["adv"].to(ctx.device)).float(), 1).cpu()
+        conf, pred = p.max(1)
+        idx = ex["idx"]
+        path = circled_grid(
+            ex["clean"], ex["adv"], ex["labels"], ctx.clean_pred[idx], ctx.clean_conf[idx], pred, conf,
+            ctx.model.class_names, Path(ctx.run_dir) / "onepixel.png",
+            title=f"{ctx.model.name} / {self.name} {self.describe()}",
+        )  # fmt: skip
+        return {"onepixel": path}
+
+
+def _positions(cand: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer (row, col) of candidates (..., k, 2 + C)."""
+    rows = cand[..., 0].long().clamp(0, h - 1)
+    cols = cand[..., 1].long().clamp(0, w - 1)
+    return rows, cols
+
+
+def paint(images: torch.Tensor, owner: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """Copies of ``images[owner]`` with each row's k pixels set: ``cand`` (m, k, 2 + C)."""
+    x = images.index_select(0, owner)
+    rows, cols = _positions(cand, x.shape[2], x.shape[3])
+    x.permute(0, 2, 3, 1)[torch.arange(len(x), device=x.device)[:, None], rows, cols] = cand[..., 2:].to(x.dtype)
+    return x
+
+
+def circled_grid(clean, adv, labels, clean_pred, clean_conf, adv_pred, adv_conf, class_names, path, title: str = "", k: int = 8) -> Path:
+    """Two rows (clean, attacked) of ``k`` images, the changed pixels circled, with labels and
+    confidences before and after."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Circle
+
+    k = min(k, len(clean))
+    name = lambda i: class_names[int(i)] if 0 <= int(i) < len(class_names) else str(int(i))  # noqa: E731
+    fig, axes = plt.subplots(2, k, figsize=(1.8 * k, 4.2), squeeze=False)
+    for j in range(k):
+        changed = ((adv[j] - clean[j]).abs().amax(0) > 0).nonzero()
+        for r, img in enumerate((clean[j], adv[j])):
+            ax = axes[r, j]
+            im = img.detach().cpu().float().clamp(0, 1)
+            ax.imshow(im[0] if im.shape[0] == 1 else im.permute(1, 2, 0), cmap="gray" if im.shape[0] == 1 else None,
+                      vmin=0, vmax=1, interpolation="nearest")  # fmt: skip
+            ax.set_xticks([])
+            ax.set_yticks([])
+            radius = max(1.5, img.shape[-1] / 12)
+            for yy, xx in changed.tolist():
+                ax.add_patch(Circle((xx, yy), radius, fill=False, color="yellow" if r else "cyan", lw=1.4))
+        axes[0, j].set_title(f"true {name(labels[j])}\n{name(clean_pred[j])} {float(clean_conf[j]):.0%}", fontsize=7)
+        fooled = int(adv_pred[j]) != int(labels[j])
+        axes[1, j].set_title(f"{name(adv_pred[j])} {float(adv_conf[j]):.0%}", fontsize=7, color="crimson" if fooled else "black")
+    axes[0, 0].set_ylabel("clean", fontsize=8)
+    axes[1, 0].set_ylabel("attacked", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

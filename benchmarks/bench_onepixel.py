@@ -1,0 +1,275 @@
+"""One-pixel attack: fragility vs torchattacks ``OnePixel`` vs ART ``PixelAttack``, one run.
+
+Same seeded sample of correctly classified shared CIFAR-10 test images, CIFAR ResNet-20, Su et
+al.'s budget (``--pixels 1 --popsize 400 --maxiter 100``). Prints, per method, success rate with
+a 95% Wilson interval, mean queries, seconds per image and queries per second, with ratios to the
+faster peer, plus the model's raw forward throughput measured in the same process (so the
+attack's queries/s can be read as a fraction of what the model can do at all).
+
+Peers run image by image, alternating (torchattacks on image i, then ART on image i), so a run
+cut short still compares them on the same images; each finished image prints a progress line.
+Queries are counted by a wrapper around the network that every method calls through.
+
+    cpuslot python benchmarks/bench_onepixel.py --n 100                    # the full comparison
+    cpuslot python benchmarks/bench_onepixel.py --n 100 --pixels 3 --peers none
+    python benchmarks/bench_onepixel.py --n 3 --maxiter 5                  # smoke test
+
+Benchmark extras (never imported by the package): ``pip install torchattacks adversarial-robustness-toolbox``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fragility.attacks.onepixel import OnePixel, circled_grid
+from fragility.benchmarks.metrics import wilson_interval
+from fragility.errors import CheckpointError
+from fragility.models.checkpoint import extract_state_dict, load_checkpoint
+from fragility.models.cifar_resnet import CIFAR10_CLASSES, build
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Counting(nn.Module):
+    """Counts images sent through the model and the seconds spent in its forward passes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.images = 0
+        self.seconds = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = time.perf_counter()
+        out = self.model(x)
+        self.seconds += time.perf_counter() - t
+        self.images += len(x)
+        return out
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.model, name)
+
+
+def load_resnet20(shared: Path) -> nn.Module:
+    path = shared / "models" / "cifar10" / "resnet20-12fca82f.th"
+    try:
+        return build(20, str(path)).eval()
+    except CheckpointError:
+        # The published file predates BatchNorm's ``num_batches_tracked`` buffers (unused in eval);
+        # everything else must match key for key.
+        model = build(20)
+        sd = extract_state_dict(load_checkpoint(path), path)
+        missing, unexpected = model.net.load_state_dict(sd, strict=False)
+        bad = [k for k in missing if not k.endswith("num_batches_tracked")] + list(unexpected)
+        if bad:
+            raise
+        return model.eval()
+
+
+def sample(model: nn.Module, shared: Path, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """The first ``n`` correctly classified images of a seeded permutation of the test set."""
+    with np.load(shared / "data" / "cifar10" / "test.npz", allow_pickle=False) as f:
+        x_all, y_all = f["x"], f["y"]
+    order = np.random.default_rng(seed).permutation(len(y_all))
+    keep: list[int] = []
+    with torch.inference_mode():
+        for s in range(0, len(order), 500):
+            ids = order[s : s + 500]
+            x = torch.from_numpy(x_all[ids]).permute(0, 3, 1, 2).float() / 255
+            ok = model(x).argmax(1).numpy() == y_all[ids]
+            keep += list(ids[ok])
+            if len(keep) >= n:
+                break
+    ids = np.array(keep[:n])
+    x = torch.from_numpy(x_all[ids]).permute(0, 3, 1, 2).float().div(255).contiguous()
+    return x, torch.from_numpy(y_all[ids].astype(np.int64)), ids
+
+
+def throughput(model: nn.Module, batch: int, bf16: bool, seconds: float = 3.0) -> float:
+    """Images per second of plain forward passes at ``batch`` images per call."""
+    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        model(x)
+        done, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            model(x)
+            done += batch
+    return done / (time.perf_counter() - t0)
+
+
+def run_fragility(model, x, y, args, precision: str) -> dict:
+    net = Counting(model)
+    attack = OnePixel(pixels=args.pixels, popsize=args.popsize, maxiter=args.maxiter, precision=precision,
+                      max_batch=args.max_batch, strategy=args.strategy, seed=args.seed)  # fmt: skip
+    t0 = time.perf_counter()
+    parts = [attack(net, x[s : s + args.batch], y[s : s + args.batch]) for s in range(0, len(x), args.batch)]
+    seconds = time.perf_counter() - t0
+    success = torch.cat([p.success for p in parts])
+    queries = torch.cat([p.queries for p in parts])
+    gens = torch.cat([p.extras["generations"] for p in parts])
+    l0 = torch.cat([(p.adv != x[s : s + args.batch]).any(1).flatten(1).sum(1) for s, p in zip(range(0, len(x), args.batch), parts)])
+    if args.figure:
+        adv = parts[0].adv[:8]
+        with torch.inference_mode():
+            pa = torch.softmax(model(adv), 1)
+            pc = torch.softmax(model(x[:8]), 1)
+        cc, cp = pc.max(1)
+        ac, ap = pa.max(1)
+        circled_grid(x[:8], adv, y[:8], cp, cc, ap, ac, CIFAR10_CLASSES, args.figure,
+                     title=f"cifar_resnet20 / onepixel {attack.describe()}")  # fmt: skip
+    return {
+        "success": success.tolist(), "queries": queries.tolist(), "seconds": seconds, "forward_seconds": net.seconds,
+        "forwarded": net.images, "generations": gens.tolist(), "max_l0": int(l0.max()),
+    }  # fmt: skip
+
+
+def make_peers(model, args) -> dict:
+    peers = {}
+    names = [p for p in args.peers.split(",") if p and p != "none"]
+    if "torchattacks" in names:
+        import torchattacks
+
+        net = Counting(model)
+        atk = torchattacks.OnePixel(net, pixels=args.pixels, steps=args.maxiter, popsize=args.popsize, inf_batch=128)
+        peers["torchattacks"] = (net, lambda xi, yi, atk=atk: atk(xi, yi))
+    if "art" in names:
+        from art.attacks.evasion import PixelAttack
+        from art.estimators.classification import PyTorchClassifier
+
+        net = Counting(model)
+        clf = PyTorchClassifier(model=net, loss=nn.CrossEntropyLoss(), input_shape=(3, 32, 32), nb_classes=10,
+                                clip_values=(0.0, 1.0), device_type="cpu")  # fmt: skip
+        atk = PixelAttack(clf, th=args.pixels, es=1, max_iter=args.maxiter, targeted=False, verbose=False)
+        # ART sizes its population as max(1, 400 // dims) * dims: Su's 400 for 1 pixel; other --popsize
+        # values cannot be passed through its API, so the table prints its actual population.
+
+        def art_run(xi, yi, atk=atk):
+            return torch.from_numpy(atk.generate(xi.numpy(), y=yi.numpy()))
+
+        peers["art"] = (net, art_run)
+    return peers
+
+
+def summarize(name: str, r: dict) -> dict:
+    n = len(r["success"])
+    k = int(sum(r["success"]))
+    lo, hi = wilson_interval(k, n)
+    q = float(np.mean(r["queries"])) if n else float("nan")
+    return {"method": name, "n": n, "k": k, "rate": k / n if n else float("nan"), "lo": lo, "hi": hi, "queries": q,
+            "s_per_img": r["seconds"] / n if n else float("nan"), "qps": sum(r["queries"]) / r["seconds"] if r["seconds"] else float("nan"),
+            "fwd_share": r.get("forward_seconds", float("nan")) / r["seconds"] if r["seconds"] else float("nan")}  # fmt: skip
+
+
+def table(rows: list[dict], raw: dict[str, float]) -> str:
+    peers = [r for r in rows if not r["method"].startswith("fragility")]
+    ref = min(peers, key=lambda r: r["s_per_img"]) if peers else None
+    out = ["| method | n | success | 95% Wilson | mean queries | s / image (1 thread) | queries/s | forward share | "
+           + (f"speed-up vs {ref['method']} |" if ref else "") ,
+           "|---|---|---|---|---|---|---|---|" + ("---|" if ref else "")]  # fmt: skip
+    for r in rows:
+        line = (f"| {r['method']} | {r['n']} | {r['k']}/{r['n']} = {r['rate']:.1%} | [{r['lo']:.1%}, {r['hi']:.1%}] | "
+                f"{r['queries']:.0f} | {r['s_per_img']:.2f} | {r['qps']:.0f} | {r['fwd_share']:.0%} |")  # fmt: skip
+        if ref:
+            line += f" {ref['s_per_img'] / r['s_per_img']:.1f}x |"
+        out.append(line)
+    out.append("")
+    out.append("raw resnet20 forward throughput (1 process, same run): " + ", ".join(f"{k} {v:.0f} img/s" for k, v in raw.items()))
+    for r in rows:
+        if r["method"].startswith("fragility"):
+            key = "bf16" if "bf16" in r["method"] else "fp32"
+            best = max(v for k, v in raw.items() if k.startswith(key))
+            out.append(f"{r['method']}: queries/s = {r['qps'] / best:.0%} of the best raw {key} throughput")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=100, help="correctly classified test images")
+    ap.add_argument("--pixels", type=int, default=1)
+    ap.add_argument("--popsize", type=int, default=400)
+    ap.add_argument("--maxiter", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--peers", default="torchattacks,art", help="comma list of torchattacks, art; or none")
+    ap.add_argument("--precision", default="fp32,bf16", help="fragility precisions to run (fp32, bf16)")
+    ap.add_argument("--strategy", default="rand1")
+    ap.add_argument("--batch", type=int, default=100, help="images per fragility call")
+    ap.add_argument("--max-batch", type=int, default=128, help="candidates per model call (fragility)")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("FRAGILITY_THREADS", os.cpu_count() or 1)))
+    ap.add_argument("--shared", default=os.environ.get("FRAGILITY_SHARED", str(REPO.parent / "shared")))
+    ap.add_argument("--out", default=None, help="write per-image results as JSON here")
+    ap.add_argument("--figure", default=None, help="save the circled-pixel grid of fragility's first 8 images here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+
+    model = load_resnet20(Path(args.shared))
+    x, y, ids = sample(model, Path(args.shared), args.n, args.seed)
+    print(f"# one-pixel benchmark: resnet20, {len(x)} correctly classified CIFAR-10 test images (seed {args.seed}), "
+          f"pixels={args.pixels} popsize={args.popsize} maxiter={args.maxiter}, threads={args.threads}, torch {torch.__version__}", flush=True)  # fmt: skip
+
+    raw = {}
+    sizes = sorted({32, 128, 512, args.max_batch})
+    for bs in sizes:
+        raw[f"fp32@{bs}"] = throughput(model, bs, False)
+    if "bf16" in args.precision:
+        for bs in sizes:
+            raw[f"bf16@{bs}"] = throughput(model, bs, True)
+    print("raw throughput: " + ", ".join(f"{k} {v:.0f} img/s" for k, v in raw.items()), flush=True)
+
+    results: dict[str, dict] = {}
+    rows = []
+    for prec in [p for p in args.precision.split(",") if p]:
+        r = run_fragility(model, x, y, args, prec)
+        if prec == "fp32":
+            args.figure = None  # one picture is enough
+        results[f"fragility ({prec})"] = r
+        rows.append(summarize(f"fragility ({prec})", r))
+        print(f"[fragility {prec}] success {rows[-1]['k']}/{rows[-1]['n']}, {rows[-1]['s_per_img']:.3f} s/image, "
+              f"mean queries {rows[-1]['queries']:.0f}, max changed pixels {r['max_l0']}", flush=True)  # fmt: skip
+
+    peers = make_peers(model, args)
+    for name in peers:
+        results[name] = {"success": [], "queries": [], "seconds": 0.0, "forward_seconds": 0.0}
+    for i in range(len(x) if peers else 0):
+        for name, (net, fn) in peers.items():
+            r = results[name]
+            before_img, before_s = net.images, net.seconds
+            t0 = time.perf_counter()
+            adv = fn(x[i : i + 1], y[i : i + 1])
+            r["seconds"] += time.perf_counter() - t0
+            with torch.inference_mode():
+                ok = bool(model(adv.float()).argmax(1)[0] != y[i])
+            r["success"].append(ok)
+            r["queries"].append(net.images - before_img)
+            r["forward_seconds"] += net.seconds - before_s
+            s = summarize(name, r)
+            print(f"[{name}] {i + 1}/{len(x)} image {ids[i]}: success={int(ok)} queries={r['queries'][-1]} "
+                  f"| so far {s['k']}/{s['n']} {s['rate']:.0%}, {s['s_per_img']:.1f} s/image", flush=True)  # fmt: skip
+        if (i + 1) % 10 == 0 and i + 1 < len(x):
+            print(table(rows + [summarize(nm, results[nm]) for nm in peers], raw), flush=True)
+    rows += [summarize(nm, results[nm]) for nm in peers]
+
+    print()
+    print(table(rows, raw))
+    cmd = "python benchmarks/bench_onepixel.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"\ncommand: cpuslot {cmd}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "ids": ids.tolist(), "raw": raw, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
