@@ -343,21 +343,23 @@ def frozen_copy(model: torch.nn.Module, probe: torch.Tensor) -> torch.nn.Module:
 
     from torch.fx.experimental.optimization import fuse
 
-    net = copy.deepcopy(model).eval().requires_grad_(False)
-    inner = "net" if isinstance(getattr(net, "net", None), torch.nn.Module) else None
+    def plain() -> torch.nn.Module:
+        return copy.deepcopy(model).eval().requires_grad_(False)
+
+    net = plain()
     try:
-        fused = copy.deepcopy(net)
-        if inner:
-            fused.net = fuse(fused.net)
-        else:
-            fused = fuse(fused)
         with torch.no_grad():
             probe = probe.float().div(255) if probe.dtype == torch.uint8 else probe.float()
-            a, b = net(probe), fused(probe)
-        if a.shape == b.shape and torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max().clamp_min(1))):
-            net = fused
+            ref = net(probe)
+            if isinstance(getattr(net, "net", None), torch.nn.Module):
+                net.net = fuse(net.net, inplace=True)
+            else:
+                net = fuse(net, inplace=True)
+            out = net(probe)
+        if out.shape != ref.shape or not torch.allclose(out, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max().clamp_min(1))):
+            net = plain()
     except (torch.fx.proxy.TraceError, TypeError, RuntimeError, AttributeError, NotImplementedError, KeyError):
-        pass  # not traceable: keep the plain copy
+        net = plain()  # not traceable: the unfused copy
     return net.to(memory_format=torch.channels_last)
 
 

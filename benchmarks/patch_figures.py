@@ -99,7 +99,7 @@ def patched_grid(attack, ctx, path: str | Path, k: int = 16) -> Path:
     names = ctx.model.class_names
     cols = min(8, max(1, len(x)))
     rows = max(1, -(-len(x) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.7 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.95 * rows), squeeze=False)
     for j, ax in enumerate(axes.flat):
         if j >= len(x):
             ax.axis("off")

@@ -223,10 +223,24 @@ def test_imagenet_models_through_the_same_path(cfg_factory, tmp_path):
     assert patch.patch.shape == (3, 78, 78)  # its largest side: sqrt(0.1 * 1.2 * 224^2) = 77.6, rounded up
     rec2 = run(cfg_factory("model=inception_v3", "attack=patch", f"attack.load={tmp_path / 'vgg.png'}", *common))
     assert rec2.model == "inception_v3" and rec2.eps == pytest.approx(0.1)
-    # the Python API on the other architecture: the saved sticker at 10% of a 299x299 image
-    from fragility.models.torchvision_models import build
-
+    # the saved sticker resampled to 10% of Inception's 299x299 input, exactly
     x = torch.rand(2, 3, 299, 299)
-    adv = patch.apply(x)
-    assert ((adv != x).any(1).flatten(1).sum(1) == round(0.1 * 299 * 299)).all()
-    assert build("inception_v3")(adv).shape == (2, 1000)
+    assert ((patch.apply(x) != x).any(1).flatten(1).sum(1) == round(0.1 * 299 * 299)).all()
+
+
+def test_training_copy_is_fused_and_leaves_the_model_alone():
+    from fragility.attacks.patch import frozen_copy
+    from fragility.models.cifar_resnet import build
+
+    model = build(8).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(4, 3, 32, 32)
+    net = frozen_copy(model, x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # BatchNorm folded
+    assert not any(p.requires_grad for p in net.parameters())
+    with torch.no_grad():
+        assert torch.allclose(net(x), model.eval()(x), atol=1e-4)
+    model.train()
+    Patch(target=1, steps=2, batch_size=4).fit(model, x, torch.zeros(4, dtype=torch.long))
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
