@@ -7,6 +7,7 @@ when unpickled is refused, never executed. Errors come back as one line naming t
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +27,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     try:
-        obj = torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; the error says it all
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
