@@ -171,6 +171,8 @@ class Attack(ABC):
         pred_conf, pred = probs.max(dim=1)
         true_conf = probs.gather(1, labels[:, None]).squeeze(1)
         success = pred == targets if targets is not None else pred != labels
+        if "success" in extras:  # an attack with a stricter criterion (e.g. a confidence threshold) can only narrow success
+            success = success & torch.as_tensor(extras.pop("success"), dtype=torch.bool, device=success.device)
         cpu = lambda t: t.detach().cpu()  # noqa: E731
         return AttackResult(
             adv=cpu(adv),
