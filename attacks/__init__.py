@@ -2,6 +2,7 @@
 
 from fragility.attacks.base import Attack, AttackResult
 from fragility.attacks.fgsm import FGSM
+from fragility.attacks.onepixel import OnePixel
 from fragility.attacks.pgd import PGD
 
-__all__ = ["FGSM", "PGD", "Attack", "AttackResult"]
+__all__ = ["FGSM", "OnePixel", "PGD", "Attack", "AttackResult"]
