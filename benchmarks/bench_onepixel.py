@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -162,6 +163,35 @@ def make_peers(model, args) -> dict:
     return peers
 
 
+def read_peer_log(path: str, ids: np.ndarray, args) -> tuple[dict[str, dict], str]:
+    """Peer results from the progress lines of an earlier run of this script (for a run that was
+    stopped before its end): only images that every peer finished, checked against our sample."""
+    text = Path(path).read_text()
+    head = text.splitlines()[0]
+    want = f"pixels={args.pixels} popsize={args.popsize} maxiter={args.maxiter}"
+    if want not in head or f"(seed {args.seed})" not in head:
+        raise SystemExit(f"{path} was run with other settings: {head}")
+    pat = re.compile(r"^\[(\w+)\] (\d+)/\d+ image (\d+): success=(\d) queries=(\d+) \| so far \d+/\d+ \d+%, ([\d.]+) s/image")
+    res: dict[str, dict] = {}
+    for line in text.splitlines():
+        m = pat.match(line)
+        if m:
+            name, i, img, ok, q, spi = m.groups()
+            if int(i) > len(ids) or int(img) != int(ids[int(i) - 1]):
+                raise SystemExit(f"{path}: image {i} is {img}, this run's is {ids[int(i) - 1] if int(i) <= len(ids) else '-'}")
+            r = res.setdefault(name, {"success": [], "queries": [], "seconds": 0.0, "forward_seconds": float("nan")})
+            r["success"].append(bool(int(ok)))
+            r["queries"].append(int(q))
+            r["seconds"] = float(spi) * int(i)
+    m = min((len(r["success"]) for r in res.values()), default=0)
+    for r in res.values():
+        if len(r["success"]) > m:  # the last image of a peer that ran ahead of the others
+            r["seconds"] *= m / len(r["success"])
+            r["success"], r["queries"] = r["success"][:m], r["queries"][:m]
+    raw = next((ln for ln in text.splitlines() if ln.startswith("raw throughput")), "")
+    return res, raw
+
+
 def summarize(name: str, r: dict) -> dict:
     n = len(r["success"])
     k = int(sum(r["success"]))
@@ -182,12 +212,12 @@ def table(rows: list[dict], raw: dict[str, float]) -> str:
         line = (f"| {r['method']} | {r['n']} | {r['k']}/{r['n']} = {r['rate']:.1%} | [{r['lo']:.1%}, {r['hi']:.1%}] | "
                 f"{r['queries']:.0f} | {r['s_per_img']:.2f} | {r['qps']:.0f} | {r['fwd_share']:.0%} |")  # fmt: skip
         if ref:
-            line += f" {ref['s_per_img'] / r['s_per_img']:.1f}x |"
+            line += f" {ref['s_per_img'] / r['s_per_img']:.1f}x |" if r["s_per_img"] == r["s_per_img"] else " |"
         out.append(line)
     out.append("")
     out.append("raw resnet20 forward throughput (1 process, same run): " + ", ".join(f"{k} {v:.0f} img/s" for k, v in raw.items()))
     for r in rows:
-        if r["method"].startswith("fragility"):
+        if r["method"].startswith("fragility") and r["qps"] == r["qps"]:
             key = "bf16" if "bf16" in r["method"] else "fp32"
             best = max(v for k, v in raw.items() if k.startswith(key))
             out.append(f"{r['method']}: queries/s = {r['qps'] / best:.0%} of the best raw {key} throughput")
@@ -208,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch", type=int, default=128, help="candidates per model call (fragility)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("FRAGILITY_THREADS", os.cpu_count() or 1)))
     ap.add_argument("--shared", default=os.environ.get("FRAGILITY_SHARED", str(REPO.parent / "shared")))
+    ap.add_argument("--peer-log", default=None, help="take peer results from this earlier run's log instead of running them")
     ap.add_argument("--out", default=None, help="write per-image results as JSON here")
     ap.add_argument("--figure", default=None, help="save the circled-pixel grid of fragility's first 8 images here")
     args = ap.parse_args(argv)
@@ -261,6 +292,18 @@ def main(argv: list[str] | None = None) -> int:
         if (i + 1) % 10 == 0 and i + 1 < len(x):
             print(table(rows + [summarize(nm, results[nm]) for nm in peers], raw), flush=True)
     rows += [summarize(nm, results[nm]) for nm in peers]
+    if args.peer_log:
+        logged, raw_line = read_peer_log(args.peer_log, ids, args)
+        m = min((len(r["success"]) for r in logged.values()), default=0)
+        print(f"\npeers from {args.peer_log} (first {m} of these images; its {raw_line})")
+        for name, r in list(results.items()):
+            if name.startswith("fragility") and m < len(r["success"]):
+                sub = {"success": r["success"][:m], "queries": r["queries"][:m], "seconds": r["seconds"] * m / len(r["success"])}
+                row = summarize(f"{name} on the first {m}", sub)
+                row["s_per_img"] = row["qps"] = float("nan")  # time is not separable inside one batched call
+                rows.append(row)
+        results.update(logged)
+        rows += [summarize(nm, r) for nm, r in logged.items()]
 
     print()
     print(table(rows, raw))
