@@ -210,7 +210,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         f"[fragility-train] {model.name} on {data.name} ({len(data.y)} train, {len(data.y_val)} held out): recipe {cfg.recipe} "
         f"eps {eps:.4g} alpha {alpha:.4g}, {epochs} epochs x {steps_per_epoch} steps, lr_max {cfg.lr_max}, {torch.get_num_threads()} thread(s)"
     )
-    for epoch in range(start_epoch, epochs):
+    stop = epochs if cfg.get("stop_after") is None else min(epochs, start_epoch + int(cfg.stop_after))
+    for epoch in range(start_epoch, stop):
         g = torch.Generator().manual_seed(seed * 100003 + epoch)
         t0 = time.perf_counter()
         perm = torch.randperm(len(data.y), generator=g)
