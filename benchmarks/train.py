@@ -9,6 +9,8 @@ Recipes (``recipe=``):
   (step ``alpha``, default 2.5 * eps / steps, random start), piecewise-constant learning rate
   divided by 10 at 50% and 75% of training.
 - ``standard``: no attack (a clean baseline trained with the same schedule as ``fgsm_rs``).
+- ``gaussian``: Gaussian data augmentation ``x + N(0, noise_sigma^2)`` (Cohen, Rosenfeld, Kolter,
+  ICML 2019), the base classifier for ``defense=smoothing``; same cyclic schedule.
 
 Every epoch ends with clean and PGD accuracy on a held-out slice of the training file (never
 trained on) and a checkpoint: ``last.pt`` (weights, optimizer, epoch, history: everything needed
@@ -48,7 +50,7 @@ from fragility.attacks.budget import parse_budget
 from fragility.errors import CheckpointError, ConfigError, DataError, FragilityError
 
 log = logging.getLogger(__name__)
-RECIPES = ("fgsm_rs", "pgd", "standard")
+RECIPES = ("fgsm_rs", "pgd", "standard", "gaussian")
 
 
 @dataclass
@@ -112,6 +114,8 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def adversarial_batch(model, x: torch.Tensor, y: torch.Tensor, cfg: DictConfig, eps: float, alpha: float, g: torch.Generator) -> torch.Tensor:
     """Training examples for the recipe (model in training mode, as in both papers' code)."""
+    if cfg.recipe == "gaussian":
+        return x + torch.randn(x.shape, generator=g).mul_(float(cfg.noise_sigma)).to(x.device)
     if cfg.recipe == "standard" or eps == 0:
         return x
     steps = 1 if cfg.recipe == "fgsm_rs" else int(cfg.pgd_steps)

@@ -4,7 +4,9 @@ transformation).
 A ``kernel`` x ``kernel`` median per channel with reflect padding. Written with ``unfold`` (a few
 lines, batched, runs on any device) instead of scipy.ndimage.median_filter, which would leave the
 tensor world. Its gradient reaches only the median pixel of each window, which already weakens a
-plain attack; the adaptive variant uses BPDA (identity backward).
+plain attack; the adaptive variant uses BPDA (identity backward). ``exact_gradient=false`` gives the
+filter the gradient of a non-differentiable implementation (zero, as when the median runs in
+NumPy/SciPy outside autograd), the setting in which Athalye et al. 2018 met it.
 
 Example::
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from fragility.defenses.base import Defense
+from fragility.defenses.jpeg import zero_gradient
 from fragility.errors import ConfigError
 
 
@@ -23,14 +26,15 @@ class Median(Defense):
     name = "median"
     differentiable = False
 
-    def __init__(self, *, kernel: int = 3, **kw) -> None:
+    def __init__(self, *, kernel: int = 3, exact_gradient: bool = True, **kw) -> None:
         super().__init__(**kw)
         if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
             raise ConfigError(f"median kernel must be an odd integer >= 1 (e.g. 3), got {kernel!r}")
         self.kernel = kernel
+        self.exact_gradient = bool(exact_gradient)
 
     def params(self):
-        return {"kernel": self.kernel}
+        return {"kernel": self.kernel} if self.exact_gradient else {"kernel": self.kernel, "gradient": "none"}
 
     def transform(self, x, generator=None):
         if self.kernel == 1:
@@ -40,4 +44,5 @@ class Median(Defense):
         if r >= min(h, w):
             raise ConfigError(f"median kernel {self.kernel} is too large for {h}x{w} images")
         patches = F.unfold(F.pad(x, (r, r, r, r), mode="reflect"), self.kernel)  # (N, C*k*k, H*W)
-        return patches.view(n, c, self.kernel * self.kernel, h, w).median(dim=2).values
+        out = patches.view(n, c, self.kernel * self.kernel, h, w).median(dim=2).values
+        return out if self.exact_gradient else zero_gradient(x, out)

@@ -21,7 +21,7 @@ from fragility.errors import ConfigError
 from fragility.models.wrapper import Classifier
 
 ALL = [JPEG(quality=75), BitDepth(bits=4), Median(kernel=3), GaussianNoise(sigma=0.1), Smoothing(sigma=0.25, n0=20, n=50)]
-NON_DIFF = [JPEG(quality=75), BitDepth(bits=3), Median(kernel=3)]
+NON_DIFF = [JPEG(quality=75), BitDepth(bits=3), Median(kernel=3), Median(kernel=3, exact_gradient=False)]
 
 
 @pytest.mark.parametrize("defense", ALL, ids=lambda d: d.name)
@@ -57,7 +57,7 @@ def test_transforms_do_what_they_say():
     assert JPEG(quality=90).transform(gray).shape == gray.shape  # greyscale digits
 
 
-@pytest.mark.parametrize("defense", NON_DIFF, ids=lambda d: d.name)
+@pytest.mark.parametrize("defense", NON_DIFF, ids=lambda d: d.label())
 def test_bpda_is_identity_backward(defense, tiny_model, tiny_batch):
     x, y = tiny_batch
     wrapped = defense.wrap(tiny_model)
@@ -76,7 +76,7 @@ def test_bpda_is_identity_backward(defense, tiny_model, tiny_batch):
     wrapped.adaptive = False
     xs = x.clone().requires_grad_(True)
     (plain,) = torch.autograd.grad(nn.functional.cross_entropy(wrapped(xs), y), xs)
-    if defense.name in ("jpeg", "bit_depth"):
+    if defense.name in ("jpeg", "bit_depth") or defense.params().get("gradient") == "none":
         assert plain.abs().sum() == 0
     else:  # the median passes gradient to one pixel per window only
         assert (plain != 0).float().mean() < (got != 0).float().mean()

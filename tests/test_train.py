@@ -74,4 +74,4 @@ def test_cli_bad_recipe_is_one_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "fragility.benchmarks.train", "recipe=free", f"out_dir={tmp_path}"],
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert p.returncode == 2
-    assert p.stderr.strip() == "fragility-train: error: unknown recipe 'free' (valid: fgsm_rs, pgd, standard)"
+    assert p.stderr.strip() == "fragility-train: error: unknown recipe 'free' (valid: fgsm_rs, pgd, standard, gaussian)"
