@@ -11,35 +11,17 @@ Example::
 
 from __future__ import annotations
 
-from fragility.attacks.base import Attack
-from fragility.attacks.budget import parse_budget
-from fragility.attacks.gradient import ascent_step, check_norm, loss_gradient, project
+from fragility.attacks.gradient import LpAttack, ascent_step, loss_gradient
 
 
-class FGSM(Attack):
+class FGSM(LpAttack):
     name = "fgsm"
 
     def __init__(self, *, eps: float | str = 8 / 255, norm: str = "linf", target=None, seed: int = 0) -> None:
-        super().__init__(target=target, seed=seed)
-        self.eps = parse_budget(eps, "eps")
-        self.norm_name = check_norm(norm)
-
-    @property
-    def norm(self) -> str:  # type: ignore[override]
-        return self.norm_name
-
-    @property
-    def budget(self) -> float:
-        return self.eps
-
-    def params(self):
-        return {"norm": self.norm_name, "eps": self.eps}
+        super().__init__(eps=eps, norm=norm, target=target, seed=seed)
 
     def _run(self, model, images, labels, targets, rng):
         if self.eps == 0:
             return images
         grad = loss_gradient(model, images, labels, targets)
         return images + ascent_step(grad, self.norm_name, self.eps)
-
-    def project(self, adv, images):
-        return project(adv, images, self.norm_name, self.eps)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fragility.attacks.base import Attack
+from fragility.attacks.budget import parse_budget
 from fragility.attacks.rng import SampleRNG
 from fragility.errors import ConfigError
 
@@ -63,3 +65,26 @@ def random_start(images: torch.Tensor, norm: str, eps: float, rng: SampleRNG) ->
         r = rng.uniform(1).view(-1, *([1] * len(shape))) ** (1.0 / images[0].numel())
         delta = d / _flat_norm(d) * r * eps
     return (images + delta.to(images.device, images.dtype)).clamp(0, 1)
+
+
+class LpAttack(Attack):
+    """An attack bounded by an Linf or L2 ball of radius ``eps`` around each image."""
+
+    def __init__(self, *, eps: float | str, norm: str, target=None, seed: int = 0) -> None:
+        super().__init__(target=target, seed=seed)
+        self.eps = parse_budget(eps, "eps")
+        self.norm_name = check_norm(norm)
+
+    @property
+    def norm(self) -> str:  # type: ignore[override]
+        return self.norm_name
+
+    @property
+    def budget(self) -> float:
+        return self.eps
+
+    def params(self):
+        return {"norm": self.norm_name, "eps": self.eps}
+
+    def project(self, adv, images):
+        return project(adv, images, self.norm_name, self.eps)

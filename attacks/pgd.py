@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import torch
 
-from fragility.attacks.base import Attack
 from fragility.attacks.budget import parse_budget
-from fragility.attacks.gradient import ascent_step, check_norm, loss_gradient, project, random_start
+from fragility.attacks.gradient import LpAttack, ascent_step, loss_gradient, project, random_start
 from fragility.errors import ConfigError
 
 
-class PGD(Attack):
+class PGD(LpAttack):
     name = "pgd"
 
     def __init__(
@@ -36,22 +35,12 @@ class PGD(Attack):
         target=None,
         seed: int = 0,
     ) -> None:
-        super().__init__(target=target, seed=seed)
-        self.eps = parse_budget(eps, "eps")
-        self.norm_name = check_norm(norm)
+        super().__init__(eps=eps, norm=norm, target=target, seed=seed)
         if int(steps) < 1 or int(restarts) < 1:
             raise ConfigError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
         self.steps, self.restarts = int(steps), int(restarts)
         self.step_size = parse_budget(step_size, "step_size") if step_size is not None else 2.5 * self.eps / self.steps
         self.random_start = bool(random_start)
-
-    @property
-    def norm(self) -> str:  # type: ignore[override]
-        return self.norm_name
-
-    @property
-    def budget(self) -> float:
-        return self.eps
 
     def params(self):
         return {"norm": self.norm_name, "eps": self.eps, "steps": self.steps, "restarts": self.restarts}
