@@ -177,8 +177,10 @@ def read_peer_log(path: str, ids: np.ndarray, args) -> tuple[dict[str, dict], st
         m = pat.match(line)
         if m:
             name, i, img, ok, q, spi = m.groups()
-            if int(i) > len(ids) or int(img) != int(ids[int(i) - 1]):
-                raise SystemExit(f"{path}: image {i} is {img}, this run's is {ids[int(i) - 1] if int(i) <= len(ids) else '-'}")
+            if int(i) > len(ids):
+                continue  # beyond this run's sample: compare on the images both have
+            if int(img) != int(ids[int(i) - 1]):
+                raise SystemExit(f"{path}: image {i} is {img}, this run's is {ids[int(i) - 1]}")
             r = res.setdefault(name, {"success": [], "queries": [], "seconds": 0.0, "forward_seconds": float("nan")})
             r["success"].append(bool(int(ok)))
             r["queries"].append(int(q))
