@@ -80,8 +80,11 @@ def ascend(
     priors: Sequence[Prior] = (),
     center: torch.Tensor | float = 0.5,
     rng: SampleRNG | None = None,
+    keep_best: bool = False,
 ) -> AscentResult:
-    """Gradient ascent on ``objective`` from ``x0`` (see the module docstring)."""
+    """Gradient ascent on ``objective`` from ``x0`` (see the module docstring). With
+    ``keep_best`` each sample returns the image with the highest score seen (the toolbox's
+    ``best_X``: a blur or clipping step can lower the score), at one more forward pass."""
     policy = check_policy(policy)
     if int(steps) < 0:
         raise ConfigError(f"steps must be >= 0, got {steps}")
@@ -93,6 +96,7 @@ def ascend(
     done = torch.zeros(n, dtype=torch.bool, device=x.device)
     score_all = torch.full((n,), float("nan"), device=x.device)
     active = torch.arange(n, device=x.device)
+    best_x, best_s = x.clone(), torch.full((n,), float("-inf"), device=x.device)
     for t in range(int(steps)):
         xa = x[active].requires_grad_(True)
         xin = xa
@@ -101,6 +105,10 @@ def ascend(
         score, stop = objective(xin, active)
         (grad,) = torch.autograd.grad(score.sum(), xa)
         score_all[active] = score.detach().float()
+        if keep_best:
+            up = score.detach().float() > best_s[active]
+            best_s[active[up]] = score.detach().float()[up]
+            best_x[active[up]] = xa.detach()[up]
         if stop is not None and bool(stop.any()):
             done[active[stop]] = True
             keep = ~stop
@@ -112,4 +120,10 @@ def ascend(
             xa = p.regularize(xa, grad, t, center_t)
         x[active] = xa.clamp(0.0, 1.0)
         used[active] += 1
+    if keep_best:  # score the final image too, then keep each sample's best
+        with torch.no_grad():
+            final, _ = objective(x, torch.arange(n, device=x.device))
+        take = final.float() >= best_s
+        x = torch.where(take.view(-1, 1, 1, 1), x, best_x)
+        score_all = torch.where(take, final.float(), best_s)
     return AscentResult(x=x, steps=used, done=done, score=score_all)

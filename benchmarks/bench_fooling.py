@@ -94,6 +94,7 @@ def main() -> None:
                 a20 = (r20(fool_adv).argmax(1) == fool_t).float().mean()
                 a32 = (r32(fool_adv).argmax(1) == fool_t).float().mean()
             rows.append(["fooling images (no prior, sign 2/255)", len(fool_adv), f"{total_variation(fool_adv).mean():.4f}", f"{a20:.0%}", f"{a32:.0%}", "-"])
+        shown: list = []
         for name in filter(None, args.presets.split(",")):
             p = preset(name)
             for with_priors in (True, False):
@@ -110,9 +111,12 @@ def main() -> None:
                 label = f"{name} ({p.steps} steps, {p.policy})" + ("" if with_priors else ", priors off")
                 rows.append([label, len(x), f"{total_variation(x).mean():.4f}", f"{a20:.0%}", f"{a32:.0%}", f"{time.perf_counter() - t0:.0f}"])
                 print("  ", rows[-1], flush=True)
-                if img and with_priors and name == "yosinski2":
-                    image_grid(x[:10], [r20.class_names[int(c)] for c in t[:10]], img / "class_vis_resnet20_yosinski2.png",
-                               title="ResNet-20 class visualizations, preset yosinski2 (each image stretched to its range)", stretch=True)  # fmt: skip
+                if name == "yosinski2":
+                    shown.append((x[:10], [("" if with_priors else "no prior: ") + r20.class_names[int(c)] for c in t[:10]]))
+        if img and shown:
+            image_grid(torch.cat([x for x, _ in shown]), [t for _, ts in shown for t in ts], img / "class_vis_resnet20_yosinski2.png",
+                       title="ResNet-20 class visualizations: preset yosinski2 (top) and the same steps without priors (bottom); "
+                       "each image minus its mean colour, stretched", stretch=True)  # fmt: skip
         print("\n## Priors: class visualization on ResNet-20, transfer to ResNet-32\n")
         print(tabulate(rows, headers=["images", "n", "mean TV", "ResNet-20 says target", "ResNet-32 says target", "seconds"], tablefmt="github"), "\n")
 
@@ -143,7 +147,7 @@ def main() -> None:
                 torch.manual_seed(0)
                 m = tv_build(arch)
                 t0 = time.perf_counter()
-                v = visualize_filters(m, layer, [0, 1], steps=args.imagenet_steps, lr=0.01)
+                v = visualize_filters(m, layer, [0, 1], steps=args.imagenet_steps, lr=0.05, init="uniform")
                 mod = find_layer(m, layer)
                 gi = torch.Generator().manual_seed(7)
                 with torch.no_grad():

@@ -48,11 +48,16 @@ def _center(model: nn.Module, channels: int) -> torch.Tensor:
     return mean.detach().view(1, -1, 1, 1) if torch.is_tensor(mean) else torch.full((1, channels, 1, 1), 0.5)
 
 
-def _start(model: nn.Module, units: Sequence[int], seed: int, noise: float) -> tuple[torch.Tensor, SampleRNG]:
-    """Yosinski's ``mean_plus_rand`` start: the mean image plus small seeded Gaussian noise."""
+def _start(model: nn.Module, units: Sequence[int], seed: int, noise: float, init: str = "mean") -> tuple[torch.Tensor, SampleRNG]:
+    """``init="mean"``: Yosinski's ``mean_plus_rand`` start, the mean image plus small seeded
+    Gaussian noise of std ``noise``; ``init="uniform"``: seeded uniform noise (a random image)."""
+    if init not in ("mean", "uniform"):
+        raise ConfigError(f"unknown init {init!r} (valid: mean, uniform)")
     c, h, w = model.input_size
     dev = _center(model, c).device
     rng = SampleRNG(mix64(torch.tensor(list(units), dtype=torch.long, device=dev) + (int(seed) << 32)))
+    if init == "uniform":
+        return rng.uniform(c, h, w).to(dev), rng
     x0 = (_center(model, c) + noise * rng.normal(c, h, w).to(dev)).clamp(0, 1)
     return x0, rng
 
@@ -82,11 +87,13 @@ def visualize_classes(
     policy: str | None = None,
     seed: int = 0,
     noise: float = 0.02,
+    init: str = "mean",
+    keep_best: bool = True,
 ) -> Visualization:
     """One image per class maximizing that class's logit (all classes in one batch)."""
     units = resolve_classes(model, classes)
     s = _settings(prior, steps, lr, policy, priors)
-    x0, rng = _start(model, units, seed, noise)
+    x0, rng = _start(model, units, seed, noise, init)
     x0 = x0.expand(len(units), -1, -1, -1).clone() if len(x0) != len(units) else x0
     target = torch.tensor(units, dtype=torch.long, device=x0.device)
 
@@ -95,7 +102,7 @@ def visualize_classes(
 
     with _frozen(model):
         out = ascend(objective, x0, steps=s["steps"], lr=s["lr"], policy=s["policy"], max_lr=s["max_lr"],
-                     desired_prog=s["desired_prog"], priors=s["priors"], center=_center(model, x0.shape[1]), rng=rng)  # fmt: skip
+                     desired_prog=s["desired_prog"], priors=s["priors"], center=_center(model, x0.shape[1]), rng=rng, keep_best=keep_best)  # fmt: skip
         with torch.no_grad():
             p = torch.softmax(model(out.x).float(), 1)
     names = getattr(model, "class_names", [str(i) for i in range(p.shape[1])])
@@ -163,13 +170,15 @@ def visualize_filters(
     policy: str | None = None,
     seed: int = 0,
     noise: float = 0.02,
+    init: str = "mean",
+    keep_best: bool = True,
 ) -> Visualization:
     """One image per channel maximizing that channel's mean activation in ``layer``.
     Default: no priors, an rms-normalized step of 0.01 (the gradient normalized each step), 200 steps."""
     mod = find_layer(model, layer)
     units = [int(c) for c in channels]
     s = _settings(prior, steps, lr, policy, priors)
-    x0, rng = _start(model, units, seed, noise)
+    x0, rng = _start(model, units, seed, noise, init)
     ch = torch.tensor(units, dtype=torch.long, device=x0.device)
 
     def objective(x, idx):
@@ -181,7 +190,7 @@ def visualize_filters(
         if bad:
             raise ConfigError(f"layer {layer} has {n_out} channels; got channel {bad[0]}")
         out = ascend(objective, x0, steps=s["steps"], lr=s["lr"], policy=s["policy"], max_lr=s["max_lr"],
-                     desired_prog=s["desired_prog"], priors=s["priors"], center=_center(model, x0.shape[1]), rng=rng)  # fmt: skip
+                     desired_prog=s["desired_prog"], priors=s["priors"], center=_center(model, x0.shape[1]), rng=rng, keep_best=keep_best)  # fmt: skip
         with torch.no_grad():
             score = channel_activation(model, mod, out.x, ch)
     titles = [f"{layer}[{c}]\nact {float(v):.3g}" for c, v in zip(units, score)]
@@ -231,8 +240,8 @@ class _frozen:
 
 # ---- pictures ---------------------------------------------------------------------------------
 def image_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path, *, title: str = "", cols: int = 10, stretch: bool = False) -> Path:
-    """Save ``images`` as a grid of small panels with titles. ``stretch`` rescales each image to
-    its own min..max (for low-contrast visualizations; say so in the caption)."""
+    """Save ``images`` as a grid of small panels with titles. ``stretch`` shows each image minus
+    its mean colour, scaled to fill the range (for low-contrast visualizations; say so in the caption)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,8 +258,9 @@ def image_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path, *,
             ax.axis("off")
             continue
         img = images[i].detach().cpu().float()
-        if stretch:
-            img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-8)
+        if stretch:  # remove the image's own mean colour, scale the rest to fill [0, 1]
+            d = img - img.mean((1, 2), keepdim=True)
+            img = 0.5 + d / (2 * d.abs().max().clamp_min(1e-8))
         img = img.clamp(0, 1)
         if img.shape[0] == 1:
             ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -281,7 +291,8 @@ def run_visualize(cfg: Any) -> dict[str, Path]:
     torch.manual_seed(int(cfg.seed))
     model = safe_instantiate(cfg.model, allowed).to(device).eval()
     mode = str(cfg.mode)
-    common = dict(prior=cfg.get("preset"), steps=cfg.get("steps"), lr=cfg.get("lr"), policy=cfg.get("policy"), seed=int(cfg.seed))
+    common = dict(prior=cfg.get("preset"), steps=cfg.get("steps"), lr=cfg.get("lr"), policy=cfg.get("policy"), seed=int(cfg.seed),
+                  init=str(cfg.get("init", "mean")))  # fmt: skip
     if cfg.get("jitter") or cfg.get("decay") or cfg.get("blur") or cfg.get("norm_pct") or cfg.get("contrib_pct"):
         common["priors"] = build_priors(decay=float(cfg.get("decay") or 0), blur=float(cfg.get("blur") or 0),
                                         blur_every=int(cfg.get("blur_every") or 1), jitter=int(cfg.get("jitter") or 0),

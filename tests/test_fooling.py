@@ -123,6 +123,23 @@ def test_ascend_stops_done_samples_and_follows_the_policy():
     assert torch.allclose((step_direction(g, "progress", 0, max_lr=1e9, desired_prog=2.0) * g).sum(), torch.tensor(2.0))
 
 
+def test_ascend_keep_best_undoes_a_late_setback():
+    from fragility.attacks.priors import Prior
+
+    class ResetAt(Prior):  # a regularizer that throws the image back to the center at step 3
+        def regularize(self, x, grad, step, center):
+            return center.expand_as(x).clone() if step == 3 else x
+
+    def objective(x, idx):
+        return x.flatten(1).mean(1), None
+
+    x0 = torch.full((2, 1, 2, 2), 0.5)
+    last = ascend(objective, x0, steps=4, lr=0.1, policy="sign", priors=[ResetAt()])
+    best = ascend(objective, x0, steps=4, lr=0.1, policy="sign", priors=[ResetAt()], keep_best=True)
+    assert torch.allclose(last.x, torch.full_like(x0, 0.5))
+    assert torch.allclose(best.x, torch.full_like(x0, 0.8)) and torch.allclose(best.score, torch.full((2,), 0.8))
+
+
 def test_priors_do_what_they_say():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 16, 16, generator=g)
@@ -201,3 +218,25 @@ def test_filter_visualization_imagenet_nets_random_weights(arch, layer):
     start = visualize_filters(model, layer, [0, 1], steps=0).score
     score = visualize_filters(model, layer, [0, 1], steps=2, lr=0.01).score
     assert (score > start).all(), (score, start)
+
+
+def _compose_visualize(tmp_path, *overrides):
+    from hydra import compose, initialize_config_module
+
+    import fragility.benchmarks.config  # noqa: F401  (frac resolver)
+
+    with initialize_config_module(config_module="fragility.conf", version_base="1.3"):
+        return compose(config_name="visualize", overrides=[f"results_dir={tmp_path}", *overrides])
+
+
+def test_visualize_entry_point_writes_pictures(tmp_path, digits_model):
+    from fragility.benchmarks.visualize import run_visualize
+
+    out = run_visualize(_compose_visualize(tmp_path, "mode=class", "steps=5", "device=cpu"))
+    (path,) = out.values()
+    assert path.is_file() and path.parent == tmp_path / "visualize"
+    out = run_visualize(_compose_visualize(tmp_path, "mode=filter", "layer=conv2", "channels=[0,1]", "preset=null", "steps=3", "jitter=1", "device=cpu"))
+    assert next(iter(out.values())).is_file()
+    for bad in (["mode=filter"], ["mode=dream"], ["mode=filter", "layer=conv9"], ["preset=yosinski9"]):
+        with pytest.raises(ConfigError):
+            run_visualize(_compose_visualize(tmp_path, "steps=1", "device=cpu", *bad))
