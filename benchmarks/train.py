@@ -253,7 +253,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _atomic_save(model.net.state_dict(), out / "model.pt")
         print(
             f"[fragility-train] epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.3f} train acc {row['train_acc']:.1%}  "
-            f"held-out clean {clean:.1%}  PGD-{cfg.eval_pgd_steps} {robust:.1%}  ({train_s:.0f}s train, {row['eval_seconds']:.0f}s eval)",
+            f"held-out clean {clean:.1%}  " + (f"PGD-{cfg.eval_pgd_steps} {robust:.1%}  " if eps > 0 and int(cfg.eval_pgd_steps) > 0 else "") + f"({train_s:.0f}s train, {row['eval_seconds']:.0f}s eval)",
             flush=True,
         )
     (out / "history.json").write_text(json.dumps({"config": OmegaConf.to_container(cfg, resolve=True), "history": history}, indent=1, default=str))
