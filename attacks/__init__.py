@@ -3,6 +3,7 @@
 from fragility.attacks.base import Attack, AttackResult
 from fragility.attacks.fgsm import FGSM
 from fragility.attacks.onepixel import OnePixel
+from fragility.attacks.patch import Patch
 from fragility.attacks.pgd import PGD
 
-__all__ = ["FGSM", "OnePixel", "PGD", "Attack", "AttackResult"]
+__all__ = ["FGSM", "OnePixel", "PGD", "Patch", "Attack", "AttackResult"]

@@ -94,10 +94,11 @@ class Patch(Attack):
         self.shape = str(given["shape"]).lower()
         if self.shape not in SHAPES:
             raise ConfigError(f"unknown patch shape {given['shape']!r} (valid: {', '.join(SHAPES)})")
-        self.rotation = float(given["rotation"])
+        self.rotation = parse_number(given["rotation"], "rotation")
         if not 0 <= self.rotation <= 180:
             raise ConfigError(f"rotation is a maximum angle in degrees in [0, 180], got {self.rotation}")
-        sc = [float(s) for s in (given["scale"] if isinstance(given["scale"], Sequence) else [given["scale"]] * 2)]
+        raw = given["scale"]
+        sc = [parse_number(v, "scale") for v in (raw if isinstance(raw, Sequence) and not isinstance(raw, str) else [raw] * 2)]
         if len(sc) != 2 or not 0 < sc[0] <= sc[1] or self.area * sc[1] > 1:
             raise ConfigError(f"scale is a range [lo, hi] with 0 < lo <= hi and area * hi <= 1, got {given['scale']!r}")
         self.scale = (sc[0], sc[1])
@@ -107,7 +108,7 @@ class Patch(Attack):
         self.optimizer = str(optimizer).lower()
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"unknown optimizer {optimizer!r} (adam, sgd)")
-        self.lr = float(lr)
+        self.lr = parse_number(lr, "lr")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {lr}")
         self.resolution = int(resolution) if resolution else None
@@ -376,7 +377,9 @@ def quantize(patch: torch.Tensor) -> torch.Tensor:
 
 def drop_overlap(train, held_out) -> tuple[Any, int]:
     """Remove from ``train`` (an ImageSet) every image whose 8-bit content equals one in ``held_out``."""
-    keys = lambda d: content_keys(d.images(), 0)  # noqa: E731
+    def keys(d) -> torch.Tensor:  # in chunks: a whole ImageNet-sized set as int64 would not fit in memory
+        return torch.cat([content_keys(d.images(slice(i, i + 512)), 0) for i in range(0, len(d), 512)])
+
     held = set(keys(held_out).tolist())
     tk = keys(train)
     keep = torch.tensor([k not in held for k in tk.tolist()], dtype=torch.bool)
