@@ -271,8 +271,8 @@ class Patch(Attack):
         return adv, {"labels": labels, "angle": torch.rad2deg(pl.angle), "cx": pl.cx, "cy": pl.cy}
 
     def apply(self, images: torch.Tensor, *, area: float | None = None, seed: int | None = None) -> torch.Tensor:
-        """Paste the patch into ``images`` at ``area`` (default: the patch's), at the same random
-        placement ``__call__`` would use for each image. No model needed."""
+        """Paste the patch into ``images`` at ``area`` (default: the patch's), each image at the random
+        placement ``__call__`` gives it when called without ``keys``. No model needed."""
         from fragility.attacks.rng import SampleRNG
 
         if self.patch is None:
