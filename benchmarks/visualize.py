@@ -100,7 +100,7 @@ def visualize_classes(
     def objective(x, idx):
         return model(x).gather(1, target[idx, None]).squeeze(1), None
 
-    with _frozen(model):
+    with _Frozen(model):
         out = ascend(objective, x0, steps=s["steps"], lr=s["lr"], policy=s["policy"], max_lr=s["max_lr"],
                      desired_prog=s["desired_prog"], priors=s["priors"], center=_center(model, x0.shape[1]), rng=rng, keep_best=keep_best)  # fmt: skip
         with torch.no_grad():
@@ -184,7 +184,7 @@ def visualize_filters(
     def objective(x, idx):
         return channel_activation(model, mod, x, ch[idx]), None
 
-    with _frozen(model):
+    with _Frozen(model):
         n_out = _channels_of(model, mod, x0[:1])
         bad = [c for c in units if not 0 <= c < n_out]
         if bad:
@@ -215,7 +215,7 @@ def _channels_of(model: nn.Module, mod: nn.Module, x: torch.Tensor) -> int:
     return int(store["a"].shape[1])
 
 
-class _frozen:
+class _Frozen:
     """Eval mode and no weight gradients while visualizing; both restored afterwards."""
 
     def __init__(self, model: nn.Module) -> None:
