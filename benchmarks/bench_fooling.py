@@ -149,8 +149,8 @@ def main() -> None:
         if img:
             ims = torch.cat([v.images for _, v in grid])
             titles = [f"{layer}[{c}]" for layer, v in grid for c in v.units]
-            image_grid(ims, titles, img / "filter_vis_resnet20.png", cols=8, stretch=True,
-                       title="ResNet-20 filter visualization, 8 channels of 4 layers (stretched)")  # fmt: skip
+            image_grid(ims, titles, img / "filter_vis_resnet20.png", cols=8,
+                       title="ResNet-20 filter visualization, 8 channels of 4 layers (as optimized, no priors)")  # fmt: skip
         if "imagenet" not in skip:
             from fragility.models.torchvision_models import build as tv_build
 
