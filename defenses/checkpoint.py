@@ -26,16 +26,17 @@ class Checkpoint(Defense):
 
     def __init__(self, *, path: str | None = None, label: str | None = None, **kw) -> None:
         super().__init__(**kw)
-        if not path:
-            raise ConfigError("defense=checkpoint needs defense.path (a state dict for the model's architecture)")
-        self.path = Path(str(path)).expanduser()
+        # the path is checked when wrapping, so the config file instantiates without one (config tests)
+        self.path = Path(str(path)).expanduser() if path else None
         p = self.path
-        self.tag = label or (p.parent.name if p.stem in ("model", "last") and p.parent.name else p.stem)
+        self.tag = label or ("unset" if p is None else p.parent.name if p.stem in ("model", "last") and p.parent.name else p.stem)
 
     def label(self) -> str:
         return f"checkpoint({self.tag})"
 
     def wrap(self, model):
+        if self.path is None:
+            raise ConfigError("defense=checkpoint needs defense.path (a state dict for the model's architecture)")
         if not hasattr(model, "net"):
             raise ConfigError(f"defense=checkpoint needs a Classifier with a .net to load weights into, got {type(model).__name__}")
         clone = copy.deepcopy(model)

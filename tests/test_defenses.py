@@ -135,7 +135,7 @@ def test_flags_decide_the_adaptive_variant():
         (lambda: Smoothing(sigma=-1), "sigma must be >= 0, got -1"),
         (lambda: Smoothing(alpha=2), "smoothing alpha must be in (0, 1), got 2"),
         (lambda: GaussianNoise(eot_samples=0), "eot_samples must be >= 1, got 0"),
-        (lambda: Checkpoint(path=None), "defense=checkpoint needs defense.path"),
+        (lambda: Checkpoint(path=None).wrap(None), "defense=checkpoint needs defense.path"),
     ],
 )
 def test_bad_parameters_raise_one_clear_line(make, message):
@@ -155,8 +155,7 @@ def test_every_defense_config_instantiates(cfg_factory):
     from fragility.benchmarks.config import group_options, safe_instantiate
 
     for name in group_options("defense"):
-        extra = ["defense.path=x.pt"] if name == "checkpoint" else []
-        cfg = cfg_factory(f"defense={name}", *extra)
+        cfg = cfg_factory(f"defense={name}")
         assert cfg.defense.name == name
         if name != "none":
             assert safe_instantiate(cfg.defense).name == name
