@@ -156,13 +156,22 @@ def explain_figures(ctx, attack) -> dict[str, Path]:
         return {}
     k = min(len(ex["clean"]), 6)
     clean, adv = ex["clean"][:k].to(ctx.device), ex["adv"][:k].to(ctx.device)
-    cm, cp, cc = explain(model, clean)
-    am, ap, ac = explain(model, adv)
+    # Input transformations such as JPEG pass no gradient (all maps would be zero): explain through
+    # a defense with its adaptive surrogate (BPDA identity backward, EOT average), as attacks do.
+    wrapped = [(m, m.adaptive) for m in model.modules() if hasattr(m, "defense") and hasattr(m, "adaptive")]
+    try:
+        for m, _ in wrapped:
+            m.adaptive = True
+        cm, cp, cc = explain(model, clean)
+        am, ap, ac = explain(model, adv)
+    finally:
+        for m, flag in wrapped:
+            m.adaptive = flag
     names = model.class_names
     ct = [f"clean: {names[int(p)]} {float(c):.0%}" for p, c in zip(cp, cc)]
     at = [f"{attack.name}: {names[int(p)]} {float(c):.0%}" for p, c in zip(ap, ac)]
     overlap = cam_overlap(cm["gradcam"], am["gradcam"])
-    head = f"{model.name} / {attack.name} {attack.describe()}"
+    head = f"{model.name} / {attack.name} {attack.describe()}" + (" (gradients: BPDA/EOT through the defense)" if wrapped else "")
     sal = [m for m in METHODS if m != "gradcam"]
     figs = {
         "explain_saliency": explain_panel(clean.cpu(), adv.cpu(), {m: cm[m] for m in sal}, {m: am[m] for m in sal}, ct, at,

@@ -121,3 +121,22 @@ def test_explain_skips_non_differentiable_models(tmp_path):
     ctx = SimpleNamespace(model=model, examples={"clean": torch.rand(2, 3, 16, 16), "adv": torch.rand(2, 3, 16, 16)},
                           device=torch.device("cpu"), run_dir=tmp_path)  # fmt: skip
     assert explain_figures(ctx, SimpleNamespace(name="x", describe=lambda: "")) == {}
+
+
+def test_explain_through_a_non_differentiable_defense(tmp_path):
+    """Bit-depth reduction passes no gradient; explain uses the BPDA surrogate and restores the flag."""
+    from types import SimpleNamespace
+
+    from fragility.benchmarks.explain import explain_figures
+    from fragility.defenses.bit_depth import BitDepth
+
+    model = BitDepth(bits=3).wrap(region_model())
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    plain = attribution_map(model, x, torch.zeros(2, dtype=torch.long), "gradient")
+    assert plain.abs().max() == 0  # what a naive saliency map of a defended model shows
+    ctx = SimpleNamespace(model=model, examples={"clean": x, "adv": x.flip(-1)}, device=torch.device("cpu"), run_dir=tmp_path)
+    figs = explain_figures(ctx, SimpleNamespace(name="x", describe=lambda: ""))
+    assert set(figs) == {"explain_saliency", "explain_gradcam"} and all(p.is_file() for p in figs.values())
+    assert model.adaptive is False
+    model.adaptive = True
+    assert attribution_map(model, x, torch.zeros(2, dtype=torch.long), "gradient").abs().max() > 0
