@@ -3,7 +3,8 @@
 Su, Vargas, Sakurai, "One Pixel Attack for Fooling Deep Neural Networks", IEEE TEVC 2019.
 Each candidate sets ``pixels`` pixels, ``k x (row, col, r, g, b)``; differential evolution
 (DE/rand/1, F = 0.5, no crossover; positions uniform and colours Gaussian N(0.5, 0.5) clipped to
-[0, 1] at start) minimizes the true class's probability (untargeted) or maximizes the target's.
+[0, 1] at start) minimizes the true class's probability (untargeted) or maximizes the target's
+(compared as log-probabilities, which orders candidates the same way without rounding to 1.0).
 An image stops at the first generation in which one of its candidates is misclassified (or
 classified as the target); its queries are the candidates it sent through the model.
 
@@ -114,7 +115,10 @@ class OnePixel(Attack):
 
         def forward(x: torch.Tensor, owner: torch.Tensor, low: bool) -> torch.Tensor:
             with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=low):
-                return torch.softmax(model(x, idx=owner).float(), dim=1)
+                # log-probabilities: DE only compares fitness values, so this is the same search as on
+                # probabilities, but a confident image's p_true = 1 - 1e-9 no longer rounds to 1.0,
+                # which would make every candidate tie and stall the search
+                return torch.log_softmax(model(x, idx=owner).float(), dim=1)
 
         def objective(cand: torch.Tensor, idx: torch.Tensor):
             m = cand.shape[0] * cand.shape[1]
@@ -124,8 +128,8 @@ class OnePixel(Attack):
             ok = torch.empty(m, dtype=torch.bool, device=images.device)
             for s in range(0, m, self.max_batch):
                 o = owner[s : s + self.max_batch]
-                prob = forward(paint(images, o, flat[s : s + self.max_batch]), o, autocast)
-                fit[s : s + self.max_batch], ok[s : s + self.max_batch] = self._score(prob, goal[o], targets is not None)
+                logp = forward(paint(images, o, flat[s : s + self.max_batch]), o, autocast)
+                fit[s : s + self.max_batch], ok[s : s + self.max_batch] = self._score(logp, goal[o], targets is not None)
             fit, ok = fit.view(cand.shape[:2]), ok.view(cand.shape[:2])
             if autocast and ok.any():
                 ok = confirm(cand, idx, fit, ok)
@@ -168,14 +172,14 @@ class OnePixel(Attack):
             "old": old.clone(),  # (N, k, C) colours before
             "new": best[..., 2:].clone(),  # (N, k, C) colours written
             "generations": res.generations.clone(),  # (N,) generation that succeeded, else maxiter
-            "fitness": res.fitness.clone(),  # (N,) best true-class (or minus target) probability
+            "fitness": res.fitness.clone(),  # (N,) best true-class (or minus target) log-probability
         }
         return adv.clone(), extras
 
     @staticmethod
-    def _score(prob: torch.Tensor, goal: torch.Tensor, targeted: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        p = prob.gather(1, goal[:, None]).squeeze(1)
-        pred = prob.argmax(1)
+    def _score(logp: torch.Tensor, goal: torch.Tensor, targeted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        p = logp.gather(1, goal[:, None]).squeeze(1)
+        pred = logp.argmax(1)
         return (-p, pred == goal) if targeted else (p, pred != goal)
 
     # ---- hooks for the runner -------------------------------------------------------------------
