@@ -56,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     shared = Path(args.shared)
-    model = [f"model=cifar_resnet", f"model.checkpoint={shared / 'models/cifar10/resnet20-12fca82f.th'}"]
+    model = ["model=cifar_resnet", f"model.checkpoint={shared / 'models/cifar10/resnet20-12fca82f.th'}"]
     data = ["dataset=cifar10_npz", f"dataset.path={shared / 'data/cifar10/test.npz'}"]
     base = [f"results_dir={args.results}", "logger=none", "progress=false", "batch_size=250", "device=cpu", *model, *data]
     pgd = ["attack=pgd", f"attack.eps={args.eps}", f"attack.steps={args.steps}"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fragility.benchmarks.figures import save_figure
 from fragility.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -137,12 +138,7 @@ def explain_panel(
         ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def explain_figures(ctx, attack) -> dict[str, Path]:

@@ -22,6 +22,16 @@ def _show(ax, img: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, save as PNG (creating folders) and close a matplotlib figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def adversarial_grid(
     clean: torch.Tensor,
     adv: torch.Tensor,
@@ -53,9 +63,4 @@ def adversarial_grid(
         axes[r, 0].set_ylabel(lab, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

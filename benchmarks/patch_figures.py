@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from fragility.benchmarks.figures import _show  # noqa: E402
+from fragility.benchmarks.figures import _show, save_figure  # noqa: E402
 from fragility.benchmarks.metrics import wilson_interval  # noqa: E402
 
 
@@ -50,12 +50,7 @@ def plot_area_curve(df: pd.DataFrame, path: str | Path, title: str = "") -> Path
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _attacked(ctx, attack):
@@ -80,12 +75,7 @@ def sticker(attack, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(2.4, 2.6))
     _show(ax, attack.patch)
     ax.set_title(f"patch -> {attack.target} ({attack.area:.0%}, {attack.shape})", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 @torch.inference_mode()
@@ -108,9 +98,4 @@ def patched_grid(attack, ctx, path: str | Path, k: int = 16) -> Path:
         hit = names[int(pred[j])] == str(attack.target) or int(pred[j]) == ctx.model.class_index(attack.target)
         ax.set_title(f"{names[int(y[j])]} -> {names[int(pred[j])]} {conf[j]:.0%}", fontsize=6, color="crimson" if hit else "black")
     fig.suptitle(f"{ctx.model.name}: patch -> {attack.target}, area {attack.area:.0%} (red: target reached)", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -38,7 +38,7 @@ from fragility.attacks.rng import mix64
 from fragility.benchmarks.config import safe_instantiate
 from fragility.benchmarks.data import ImageSet
 from fragility.benchmarks.figures import adversarial_grid
-from fragility.benchmarks.leaderboard import terminal_table, write_leaderboards
+from fragility.benchmarks.leaderboard import write_leaderboards
 from fragility.benchmarks.metrics import compute_metrics, perturbation_norms
 from fragility.benchmarks.provenance import config_hash, now, versions
 from fragility.benchmarks.record import RunRecord

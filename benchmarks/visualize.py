@@ -29,6 +29,7 @@ from torch import nn
 from fragility.attacks.ascent import ascend, check_policy
 from fragility.attacks.priors import Prior, build_priors, preset
 from fragility.attacks.rng import SampleRNG, mix64
+from fragility.benchmarks.figures import save_figure
 from fragility.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -269,12 +270,7 @@ def image_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path, *,
         ax.set_title(titles[i] if i < len(titles) else "", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 # ---- console script ---------------------------------------------------------------------------

@@ -260,7 +260,7 @@ def test_runner_smoothing_reports_certified_accuracy(cfg_factory):
 def test_runner_checkpoint_defense(cfg_factory, tmp_path, digits_model):
     path = tmp_path / "robust.pt"
     torch.save(digits_model.net.state_dict(), path)
-    rec = run(cfg_factory("n_samples=30", f"defense=checkpoint", f"defense.path={path}", "defense.label=same"))
+    rec = run(cfg_factory("n_samples=30", "defense=checkpoint", f"defense.path={path}", "defense.label=same"))
     assert rec.defense == "checkpoint(same)" and rec.variant == "standard"
     bad = tmp_path / "bad.pt"
     torch.save({"conv1.weight": torch.zeros(1)}, bad)
