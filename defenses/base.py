@@ -35,10 +35,11 @@ from fragility.attacks.budget import format_number
 from fragility.errors import ConfigError
 
 
-def bpda(x: torch.Tensor, transformed: torch.Tensor) -> torch.Tensor:
-    """Backward Pass Differentiable Approximation with the identity: the value of
-    ``transformed``, the gradient of ``x`` (straight-through)."""
-    return x + (transformed - x).detach()
+def bpda(x: torch.Tensor, transformed: torch.Tensor, approximation: torch.Tensor | None = None) -> torch.Tensor:
+    """Backward Pass Differentiable Approximation: the value of ``transformed``, the gradient of
+    ``approximation`` (a differentiable g(x) ~ T(x); the identity, i.e. straight-through, by default)."""
+    g = x if approximation is None else approximation
+    return g + (transformed - g).detach()
 
 
 class Defense(ABC):
@@ -64,6 +65,11 @@ class Defense(ABC):
 
     def params(self) -> dict[str, Any]:
         return {}
+
+    def approximation(self, x: torch.Tensor) -> torch.Tensor:
+        """BPDA's differentiable stand-in g(x) ~ transform(x) for the backward pass (Athalye et al.
+        2018). The identity by default; a defense with a better differentiable form overrides it."""
+        return x
 
     # ---- derived ------------------------------------------------------------------------------
     @property
@@ -145,7 +151,7 @@ class DefendedClassifier(nn.Module):
         x = images.repeat(k, *([1] * (images.dim() - 1))) if k > 1 else images
         t = d.transform(x, g)
         if not d.differentiable:
-            t = bpda(x, t)
+            t = bpda(x, t, d.approximation(x))
         logits = self.model(t)
         if k == 1:
             return logits
