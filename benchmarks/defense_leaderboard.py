@@ -81,16 +81,11 @@ def render_markdown(board: pd.DataFrame) -> str:
 
 
 def render_html(board: pd.DataFrame) -> str:
-    style = (
-        "body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:13px}"
-        "th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f0f0f0}td:nth-child(-n+3){text-align:left}"
-    )
+    from fragility.benchmarks.leaderboard import html_page
+
     body = _fmt(board).to_html(index=False, escape=True) if len(board) else "<p>(no runs yet)</p>"
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>fragility defense leaderboard</title><style>{style}</style></head>"
-        f"<body><h1>fragility defense leaderboard</h1><p>{html.escape('[adaptive] columns: BPDA / EOT. The worst column is what a defense may claim.')}</p>"
-        f"{body}</body></html>"
-    )
+    note = html.escape("[adaptive] columns: BPDA / EOT. The worst column is what a defense may claim.")
+    return html_page("fragility defense leaderboard", f"<p>{note}</p>{body}", left_cols=3)
 
 
 def write_defense_leaderboard(records: list[RunRecord], out_dir: str | Path) -> pd.DataFrame:

@@ -82,17 +82,22 @@ def render_html(board: pd.DataFrame, summ: pd.DataFrame, links: dict[str, list[s
     b["pictures"] = [
         " ".join(f'<a href="{html.escape(p)}">{html.escape(Path(p).stem)}</a>' for p in links.get(h, [])) for h in board["config_hash"]
     ]
+    body = (
+        f"<h2>Worst case per model and budget</h2>{_fmt(summ).to_html(index=False, escape=True)}"
+        f"<h2>All runs (strongest attack first within a model)</h2>{b.to_html(index=False, escape=False)}"
+    )
+    return html_page("fragility leaderboard", body, left_cols=7)
+
+
+def html_page(title: str, body: str, left_cols: int) -> str:
+    """A self-contained HTML page around ``body`` (tables left-aligned in their first columns)."""
     style = (
         "body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:13px}"
         "th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f0f0f0}"
-        "td:nth-child(-n+7){text-align:left}h2{margin-top:1.5em}"
+        f"td:nth-child(-n+{left_cols}){{text-align:left}}h2{{margin-top:1.5em}}"
     )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>fragility leaderboard</title><style>{style}</style></head>"
-        f"<body><h1>fragility leaderboard</h1><h2>Worst case per model and budget</h2>"
-        f"{_fmt(summ).to_html(index=False, escape=True)}<h2>All runs (strongest attack first within a model)</h2>"
-        f"{b.to_html(index=False, escape=False)}</body></html>"
-    )
+    t = html.escape(title)
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{t}</title><style>{style}</style></head><body><h1>{t}</h1>{body}</body></html>"
 
 
 def write_leaderboards(records: list[RunRecord], out_dir: str | Path) -> pd.DataFrame:
