@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from fragility.attacks.budget import format_number
+from fragility.benchmarks.leaderboard import _atomic_write, _fmt, html_page
 from fragility.benchmarks.record import RunRecord
 
 KEYS = ["model", "dataset", "defense"]
@@ -66,13 +67,6 @@ def defense_leaderboard(records: list[RunRecord]) -> pd.DataFrame:
     return df.sort_values(sort, kind="stable", na_position="last").reset_index(drop=True)
 
 
-def _fmt(df: pd.DataFrame) -> pd.DataFrame:
-    out = df.copy()
-    for c in out.columns:
-        if out[c].dtype.kind == "f":
-            out[c] = out[c].map(lambda v: "" if pd.isna(v) else f"{v:.4g}")
-    return out
-
 
 def render_markdown(board: pd.DataFrame) -> str:
     md = "# fragility defense leaderboard\n\n"
@@ -81,8 +75,6 @@ def render_markdown(board: pd.DataFrame) -> str:
 
 
 def render_html(board: pd.DataFrame) -> str:
-    from fragility.benchmarks.leaderboard import html_page
-
     body = _fmt(board).to_html(index=False, escape=True) if len(board) else "<p>(no runs yet)</p>"
     note = html.escape("[adaptive] columns: BPDA / EOT. The worst column is what a defense may claim.")
     return html_page("fragility defense leaderboard", f"<p>{note}</p>{body}", left_cols=3)
@@ -90,8 +82,6 @@ def render_html(board: pd.DataFrame) -> str:
 
 def write_defense_leaderboard(records: list[RunRecord], out_dir: str | Path) -> pd.DataFrame:
     """Write defense_leaderboard.csv/.md/.html into ``out_dir``; return the board."""
-    from fragility.benchmarks.leaderboard import _atomic_write
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     board = defense_leaderboard(records)
