@@ -8,7 +8,8 @@ finished problem drops out of the next generation. That is what this short DE bu
 tests cross-check its minima against ``scipy.optimize.differential_evolution`` on the same budget.
 
 Strategies (Storn & Price 1997): ``rand1`` (DE/rand/1: ``a + F (b - c)``, the one Su et al. use)
-and ``best1`` (DE/best/1: ``best + F (b - c)``), each followed by binomial crossover with
+and ``best1`` (DE/best/1: ``best + F (b - c)``, SciPy's default), with a fixed ``F`` or a dithered
+one drawn per problem and generation from ``[low, high)`` (SciPy's default ``(0.5, 1)``), each followed by binomial crossover with
 probability ``crossover`` (1.0: the mutant is taken whole, i.e. no crossover). A trial replaces its
 parent when its fitness is strictly lower. All randomness comes from a :class:`SampleRNG`, drawn in
 the same sequence of calls whatever the batch holds, so a problem's result does not depend on the
@@ -42,7 +43,22 @@ class DEResult:
     generations: torch.Tensor  # (N,) int64: generation that solved it (0 = initial population), else maxiter
 
 
-def check_settings(popsize: int, maxiter: int, mutation: float, crossover: float, strategy: str) -> None:
+Mutation = float | tuple[float, float]
+
+
+def as_mutation(mutation) -> Mutation:
+    """``F`` as a float, or a ``(low, high)`` pair for dithering (a fresh ``F ~ U[low, high)`` per
+    problem and generation, as SciPy's ``mutation=(0.5, 1)``)."""
+    if isinstance(mutation, (int, float)):
+        return float(mutation)
+    try:
+        lo, hi = (float(v) for v in mutation)
+    except (TypeError, ValueError):
+        raise ConfigError(f"mutation F must be a number or a [low, high] pair, got {mutation!r}") from None
+    return (lo, hi)
+
+
+def check_settings(popsize: int, maxiter: int, mutation: Mutation, crossover: float, strategy: str) -> None:
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown DE strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
     need = 4 if strategy == "rand1" else 3
@@ -50,8 +66,9 @@ def check_settings(popsize: int, maxiter: int, mutation: float, crossover: float
         raise ConfigError(f"DE/{strategy} needs popsize >= {need}, got {popsize}")
     if maxiter < 0:
         raise ConfigError(f"maxiter must be >= 0, got {maxiter}")
-    if not 0.0 < mutation <= 2.0:
-        raise ConfigError(f"mutation F must lie in (0, 2], got {mutation}")
+    lo, hi = (mutation, mutation) if isinstance(mutation, float) else mutation
+    if not 0.0 < lo <= hi <= 2.0:
+        raise ConfigError(f"mutation F must lie in (0, 2] (a dither range as low <= high), got {mutation}")
     if not 0.0 <= crossover <= 1.0:
         raise ConfigError(f"crossover must lie in [0, 1], got {crossover}")
 
@@ -79,7 +96,7 @@ def evolve(
     idx: torch.Tensor,
     *,
     maxiter: int,
-    mutation: float = 0.5,
+    mutation: Mutation = 0.5,
     crossover: float = 1.0,
     strategy: str = "rand1",
     repair: Repair | None = None,
@@ -91,6 +108,7 @@ def evolve(
     generations.
     """
     n, pop, dim = init.shape
+    mutation = as_mutation(mutation)
     check_settings(pop, maxiter, mutation, crossover, strategy)
     population = init.clone()
     fit, ok = objective(population, idx)
@@ -108,7 +126,11 @@ def evolve(
         else:
             r2, r3 = distinct_others(rng, idx[act], pop, 2)
             base = best_x[act][:, None, :].expand(-1, pop, -1)
-        trial = base + mutation * (pick(r2) - pick(r3))
+        if isinstance(mutation, tuple):  # dither: one F per problem and generation
+            scale = mutation[0] + (mutation[1] - mutation[0]) * rng.uniform(1, 1, idx=idx[act])
+        else:
+            scale = mutation
+        trial = base + scale * (pick(r2) - pick(r3))
         if crossover < 1.0:
             cross = rng.uniform(pop, dim, idx=idx[act]) < crossover
             forced = rng.randint(dim, pop, idx=idx[act])  # at least one coordinate from the mutant

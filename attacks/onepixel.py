@@ -28,10 +28,11 @@ from typing import Any
 import torch
 
 from fragility.attacks.base import Attack
-from fragility.attacks.differential_evolution import check_settings, evolve
+from fragility.attacks.differential_evolution import as_mutation, check_settings, evolve
 from fragility.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16")
+LOSSES = ("prob", "margin")
 
 
 class OnePixel(Attack):
@@ -45,11 +46,12 @@ class OnePixel(Attack):
         pixels: int = 1,
         popsize: int = 400,
         maxiter: int = 100,
-        mutation: float = 0.5,
+        mutation: float | tuple[float, float] = 0.5,
         crossover: float = 1.0,
         strategy: str = "rand1",
         max_batch: int = 1024,
         precision: str = "fp32",
+        loss: str = "prob",
         targeted: bool = False,
         target: int | str | None = None,
         seed: int = 0,
@@ -61,9 +63,13 @@ class OnePixel(Attack):
             raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        check_settings(int(popsize), int(maxiter), float(mutation), float(crossover), strategy)
+        mutation = as_mutation(mutation)
+        if loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        self.loss = loss
+        check_settings(int(popsize), int(maxiter), mutation, float(crossover), strategy)
         self.pixels, self.popsize, self.maxiter = int(pixels), int(popsize), int(maxiter)
-        self.mutation, self.crossover, self.strategy = float(mutation), float(crossover), strategy
+        self.mutation, self.crossover, self.strategy = mutation, float(crossover), strategy
         self.max_batch, self.precision = int(max_batch), precision
         self.want_targeted = bool(targeted) or target is not None
 
@@ -78,7 +84,10 @@ class OnePixel(Attack):
     def params(self) -> dict[str, Any]:
         p = {"pixels": self.pixels, "popsize": self.popsize, "maxiter": self.maxiter}
         if (self.mutation, self.crossover, self.strategy) != (0.5, 1.0, "rand1"):
-            p.update(F=self.mutation, CR=self.crossover, strategy=self.strategy)
+            f = self.mutation
+            p.update(F=f if isinstance(f, float) else f"U[{f[0]:g},{f[1]:g})", CR=self.crossover, strategy=self.strategy)
+        if self.loss != "prob":
+            p["loss"] = self.loss
         if self.precision != "fp32":
             p["precision"] = self.precision
         if self.want_targeted:
@@ -129,7 +138,7 @@ class OnePixel(Attack):
             for s in range(0, m, self.max_batch):
                 o = owner[s : s + self.max_batch]
                 logp = forward(paint(images, o, flat[s : s + self.max_batch]), o, autocast)
-                fit[s : s + self.max_batch], ok[s : s + self.max_batch] = self._score(logp, goal[o], targets is not None)
+                fit[s : s + self.max_batch], ok[s : s + self.max_batch] = self._score(logp, goal[o], targets is not None, self.loss)
             fit, ok = fit.view(cand.shape[:2]), ok.view(cand.shape[:2])
             if autocast and ok.any():
                 ok = confirm(cand, idx, fit, ok)
@@ -142,7 +151,7 @@ class OnePixel(Attack):
             rows = ok.any(1).nonzero().flatten()
             j = torch.where(ok[rows], fit[rows], torch.inf).argmin(1)
             o = idx[rows]
-            _, good = self._score(forward(paint(images, o, cand[rows, j].view(len(rows), k, 2 + c)), o, False), goal[o], targets is not None)
+            _, good = self._score(forward(paint(images, o, cand[rows, j].view(len(rows), k, 2 + c)), o, False), goal[o], targets is not None, self.loss)
             out = torch.zeros_like(ok)
             out[rows[good], j[good]] = True
             return out
@@ -177,9 +186,12 @@ class OnePixel(Attack):
         return adv.clone(), extras
 
     @staticmethod
-    def _score(logp: torch.Tensor, goal: torch.Tensor, targeted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score(logp: torch.Tensor, goal: torch.Tensor, targeted: bool, loss: str = "prob") -> tuple[torch.Tensor, torch.Tensor]:
         p = logp.gather(1, goal[:, None]).squeeze(1)
         pred = logp.argmax(1)
+        if loss == "margin":  # goal's log-probability against the best other class's
+            other = logp.scatter(1, goal[:, None], -torch.inf).amax(1)
+            p = p - other
         return (-p, pred == goal) if targeted else (p, pred != goal)
 
     # ---- hooks for the runner -------------------------------------------------------------------

@@ -36,6 +36,7 @@ from fragility.benchmarks.metrics import wilson_interval
 from fragility.errors import CheckpointError
 from fragility.models.checkpoint import extract_state_dict, load_checkpoint
 from fragility.models.cifar_resnet import CIFAR10_CLASSES, build
+from fragility.models.wrapper import eval_mode
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,6 +49,10 @@ class Counting(nn.Module):
         self.model = model
         self.images = 0
         self.seconds = 0.0
+        # A fresh nn.Module starts in training mode. torchattacks reads ``model.training`` before an
+        # attack and calls ``model.train()`` after it when that was True, which would leave the
+        # BatchNorm layers of the wrapped network in training mode for whatever runs next.
+        self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = time.perf_counter()
@@ -98,6 +103,18 @@ def sample(model: nn.Module, shared: Path, n: int, seed: int) -> tuple[torch.Ten
     return x, torch.from_numpy(y_all[ids].astype(np.int64)), ids
 
 
+def judge(model: nn.Module, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Success of every method, decided the same way: ``adv`` in eval mode is misclassified.
+    Also the number of changed pixels per image (checked against the budget by the caller)."""
+    adv = adv.detach().float()
+    l0 = (adv != x).any(1).flatten(1).sum(1)
+    if adv.min() < 0 or adv.max() > 1:
+        raise SystemExit(f"an attack left [0, 1]: range [{float(adv.min())}, {float(adv.max())}]")
+    with torch.inference_mode(), eval_mode(model):
+        ok = model(adv).argmax(1) != y
+    return ok, l0
+
+
 def throughput(model: nn.Module, batch: int, bf16: bool, seconds: float = 3.0) -> float:
     """Images per second of plain forward passes at ``batch`` images per call."""
     x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -113,14 +130,17 @@ def throughput(model: nn.Module, batch: int, bf16: bool, seconds: float = 3.0) -
 def run_fragility(model, x, y, args, precision: str) -> dict:
     net = Counting(model)
     attack = OnePixel(pixels=args.pixels, popsize=args.popsize, maxiter=args.maxiter, precision=precision,
-                      max_batch=args.max_batch, strategy=args.strategy, seed=args.seed)  # fmt: skip
+                      max_batch=args.max_batch, strategy=args.strategy, mutation=args.mutation, loss=args.loss,
+                      seed=args.seed)  # fmt: skip
     t0 = time.perf_counter()
     parts = [attack(net, x[s : s + args.batch], y[s : s + args.batch]) for s in range(0, len(x), args.batch)]
     seconds = time.perf_counter() - t0
-    success = torch.cat([p.success for p in parts])
     queries = torch.cat([p.queries for p in parts])
     gens = torch.cat([p.extras["generations"] for p in parts])
-    l0 = torch.cat([(p.adv != x[s : s + args.batch]).any(1).flatten(1).sum(1) for s, p in zip(range(0, len(x), args.batch), parts)])
+    success, l0 = judge(model, x, torch.cat([p.adv for p in parts]), y, args.pixels)
+    own = torch.cat([p.success for p in parts])
+    if not torch.equal(own, success):
+        print(f"warning: fragility's own success differs from the judged one on {int((own != success).sum())} images", flush=True)
     if args.figure:
         adv = parts[0].adv[:8]
         with torch.inference_mode():
@@ -201,18 +221,19 @@ def summarize(name: str, r: dict) -> dict:
     q = float(np.mean(r["queries"])) if n else float("nan")
     return {"method": name, "n": n, "k": k, "rate": k / n if n else float("nan"), "lo": lo, "hi": hi, "queries": q,
             "s_per_img": r["seconds"] / n if n else float("nan"), "qps": sum(r["queries"]) / r["seconds"] if r["seconds"] else float("nan"),
-            "fwd_share": r.get("forward_seconds", float("nan")) / r["seconds"] if r["seconds"] else float("nan")}  # fmt: skip
+            "fwd_share": r.get("forward_seconds", float("nan")) / r["seconds"] if r["seconds"] else float("nan"),
+            "max_l0": r.get("max_l0", -1)}  # fmt: skip
 
 
 def table(rows: list[dict], raw: dict[str, float]) -> str:
     peers = [r for r in rows if not r["method"].startswith("fragility")]
     ref = min(peers, key=lambda r: r["s_per_img"]) if peers else None
-    out = ["| method | n | success | 95% Wilson | mean queries | s / image (1 thread) | queries/s | forward share | "
+    out = ["| method | n | success | 95% Wilson | mean queries | s / image (1 thread) | queries/s | forward share | max pixels changed | "
            + (f"speed-up vs {ref['method']} |" if ref else "") ,
-           "|---|---|---|---|---|---|---|---|" + ("---|" if ref else "")]  # fmt: skip
+           "|---|---|---|---|---|---|---|---|---|" + ("---|" if ref else "")]  # fmt: skip
     for r in rows:
         line = (f"| {r['method']} | {r['n']} | {r['k']}/{r['n']} = {r['rate']:.1%} | [{r['lo']:.1%}, {r['hi']:.1%}] | "
-                f"{r['queries']:.0f} | {r['s_per_img']:.2f} | {r['qps']:.0f} | {r['fwd_share']:.0%} |")  # fmt: skip
+                f"{r['queries']:.0f} | {r['s_per_img']:.2f} | {r['qps']:.0f} | {r['fwd_share']:.0%} | {r['max_l0'] if r['max_l0'] >= 0 else ''} |")  # fmt: skip
         if ref:
             line += f" {ref['s_per_img'] / r['s_per_img']:.1f}x |" if r["s_per_img"] == r["s_per_img"] else " |"
         out.append(line)
@@ -236,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", default="torchattacks,art", help="comma list of torchattacks, art; or none")
     ap.add_argument("--precision", default="fp32,bf16", help="fragility precisions to run (fp32, bf16)")
     ap.add_argument("--strategy", default="rand1")
+    ap.add_argument("--mutation", type=lambda v: tuple(float(t) for t in v.split(",")) if "," in v else float(v), default=0.5,
+                    help="DE scale F, or 'low,high' to dither it")
+    ap.add_argument("--loss", default="prob", help="fragility's fitness: prob (Su) or margin")
     ap.add_argument("--batch", type=int, default=100, help="images per fragility call")
     ap.add_argument("--max-batch", type=int, default=128, help="candidates per model call (fragility)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("FRAGILITY_THREADS", os.cpu_count() or 1)))
@@ -283,8 +307,9 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             adv = fn(x[i : i + 1], y[i : i + 1])
             r["seconds"] += time.perf_counter() - t0
-            with torch.inference_mode():
-                ok = bool(model(adv.float()).argmax(1)[0] != y[i])
+            ok_t, l0 = judge(model, x[i : i + 1], adv, y[i : i + 1], args.pixels)
+            ok = bool(ok_t[0])
+            r["max_l0"] = max(r.get("max_l0", 0), int(l0.max()))
             r["success"].append(ok)
             r["queries"].append(net.images - before_img)
             r["forward_seconds"] += net.seconds - before_s

@@ -162,7 +162,8 @@ def test_distinct_others_is_uniform_and_distinct():
     assert counts.min() > 0.6 * counts.mean()
 
 
-def test_de_matches_scipy_on_the_attack_objective(hot_model):
+@pytest.mark.parametrize(("strategy", "mutation"), [("rand1", 0.5), ("best1", (0.5, 1.0))])
+def test_de_matches_scipy_on_the_attack_objective(hot_model, strategy, mutation):
     """Same objective (the true-class probability after painting one pixel), same budget:
     the batched DE's minima are as low as SciPy's differential_evolution's, within noise."""
     scipy_opt = pytest.importorskip("scipy.optimize")
@@ -187,15 +188,15 @@ def test_de_matches_scipy_on_the_attack_objective(hot_model):
     for seed in range(3):
         rng = SampleRNG(torch.arange(6) + 100 * seed)
         init = torch.cat([rng.uniform(pop, 2) * hw, rng.uniform(pop, 3)], -1)
-        res = evolve(objective, init, rng, torch.arange(6), maxiter=maxiter, repair=repair)
+        res = evolve(objective, init, rng, torch.arange(6), maxiter=maxiter, repair=repair, strategy=strategy, mutation=mutation)
         assert torch.allclose(res.fitness, prob(res.x, torch.arange(6)))
         ours.append(res.fitness)
         for i in range(6):
             # vectorized: SciPy hands the whole population (D, P) to one call per generation
             f = lambda v, i=i: prob(torch.tensor(v.T, dtype=torch.float32), torch.full((v.shape[1],), i)).numpy()  # noqa: E731
             r = scipy_opt.differential_evolution(
-                f, [(0, 8 - 1e-6), (0, 8 - 1e-6), (0, 1), (0, 1), (0, 1)], strategy="rand1bin", maxiter=maxiter,
-                popsize=pop // 5, mutation=0.5, recombination=1.0, init="random", polish=False, tol=0, atol=0, rng=seed,
+                f, [(0, 8 - 1e-6), (0, 8 - 1e-6), (0, 1), (0, 1), (0, 1)], strategy=strategy + "bin", maxiter=maxiter,
+                popsize=pop // 5, mutation=mutation, recombination=1.0, init="random", polish=False, tol=0, atol=0, rng=seed,
                 vectorized=True, updating="deferred",
             )  # fmt: skip
             theirs.append(r.fun)
@@ -206,8 +207,54 @@ def test_de_matches_scipy_on_the_attack_objective(hot_model):
     assert ours_mean <= theirs_mean + 0.05 * max(theirs_mean, 1e-3) + 0.01, (ours_mean, theirs_mean)
 
 
+def test_dithered_mutation_draws_f_per_image_and_generation():
+    rng = SampleRNG(torch.arange(4))
+    scales = []
+
+    def objective(pop, idx):
+        return pop.sum(-1), torch.zeros(pop.shape[:2], dtype=torch.bool)
+
+    import fragility.attacks.differential_evolution as de
+
+    real = rng.uniform
+
+    def spy(*shape, idx=None):
+        out = real(*shape, idx=idx)
+        if shape == (1, 1):
+            scales.append(out.flatten().clone())
+        return out
+
+    rng.uniform = spy
+    init = torch.rand(4, 6, 2, generator=torch.Generator().manual_seed(0))
+    de.evolve(objective, init, rng, torch.arange(4), maxiter=5, mutation=[0.5, 1.0], strategy="best1")
+    f = 0.5 + 0.5 * torch.stack(scales)  # (generations, images)
+    assert f.shape == (5, 4) and (f >= 0.5).all() and (f < 1.0).all()
+    assert len(set(f.flatten().tolist())) == f.numel()  # a fresh F for every image and generation
+
+
+def test_margin_loss_orders_by_distance_to_the_boundary(hot_model):
+    logp = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 1.2, -5.0]]), 1)
+    y = torch.tensor([0, 0, 0])
+    fit, ok = OnePixel._score(logp, y, False, "margin")
+    assert torch.allclose(fit, torch.tensor([1.0, -3.0, -0.2]), atol=1e-6)
+    assert torch.equal(ok, fit < 0)  # untargeted: negative margin exactly when fooled
+    fit_t, ok_t = OnePixel._score(logp, torch.tensor([1, 1, 1]), True, "margin")
+    assert torch.allclose(fit_t, torch.tensor([1.0, -2.0, -0.2]), atol=1e-6) and torch.equal(ok_t, fit_t < 0)
+    # the margin attack solves the same problems and is batch-invariant with a dithered F too
+    x = grey_images(5, seed=2, hard=1)
+    y = torch.zeros(5, dtype=torch.long)
+    attack = OnePixel(popsize=12, maxiter=25, loss="margin", strategy="best1", mutation=(0.5, 1.0), seed=3, max_batch=9)
+    res = attack(hot_model, x, y)
+    assert res.success[:4].all() and not res.success[4]
+    assert (changed_pixels(res.adv, x) <= 1).all()
+    for i in (0, 4):
+        one = attack(hot_model, x[i : i + 1], y[i : i + 1])
+        assert torch.equal(one.adv[0], res.adv[i]) and int(one.queries[0]) == int(res.queries[i])
+
+
 def test_config_errors():
-    for kw in ({"pixels": 0}, {"popsize": 3}, {"strategy": "best2"}, {"precision": "fp8"}, {"crossover": 1.5}, {"max_batch": 0}):
+    for kw in ({"pixels": 0}, {"popsize": 3}, {"strategy": "best2"}, {"precision": "fp8"}, {"crossover": 1.5}, {"max_batch": 0},
+               {"loss": "hinge"}, {"mutation": (1.0, 0.5)}, {"mutation": (0.0, 1.0)}, {"mutation": "big"}):
         with pytest.raises(ConfigError):
             OnePixel(**kw)
 
