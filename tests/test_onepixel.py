@@ -283,3 +283,29 @@ def test_config_instantiates_and_runner_hooks(tmp_path, hot_model):
                           device=torch.device("cpu"), clean_pred=pred, clean_conf=conf, run_dir=tmp_path)  # fmt: skip
     figs = OnePixel().figures(ctx)
     assert figs["onepixel"].is_file() and figs["onepixel"].stat().st_size > 1000
+
+
+def test_benchmark_judges_every_method_in_eval_mode():
+    """The benchmark's counting wrapper must not leave the network in training mode (torchattacks
+    calls ``model.train()`` after an attack when the model it got said ``training``), and its one
+    judge must score outputs in eval mode and refuse outputs over the pixel budget."""
+    from fragility.benchmarks.bench_onepixel import Counting, judge
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(3))
+    net(torch.rand(2, 3, 8, 8))
+    net.eval()
+    wrapped = Counting(net)
+    assert not wrapped.training  # a fresh nn.Module would say True
+    x = grey_images(3)
+    y = torch.zeros(3, dtype=torch.long)
+    with torch.no_grad():
+        want = net(x).argmax(1) != y
+    net.train()  # what a peer may leave behind
+    ok, l0 = judge(net, x, x.clone(), y, pixels=1)
+    assert torch.equal(ok, want) and net.training and (l0 == 0).all()
+    adv = x.clone()
+    adv[0, :, 0, 0] = 1.0
+    adv[0, :, 1, 1] = 1.0
+    with pytest.raises(SystemExit, match="over the budget"):
+        judge(net, x, adv, y, pixels=1)
+    assert int(judge(net, x, adv, y, pixels=2)[1][0]) == 2
