@@ -233,7 +233,7 @@ def summarize(name: str, r: dict) -> dict:
 def table(rows: list[dict], raw: dict[str, float]) -> str:
     peers = [r for r in rows if not r["method"].startswith("fragility")]
     ref = min(peers, key=lambda r: r["s_per_img"]) if peers else None
-    out = ["| method | n | success | 95% Wilson | mean queries | s / image (1 thread) | queries/s | forward share | max pixels changed | "
+    out = ["| method | n | success | 95% Wilson | mean queries | s / image | queries/s | forward share | max pixels changed | "
            + (f"speed-up vs {ref['method']} |" if ref else "") ,
            "|---|---|---|---|---|---|---|---|---|" + ("---|" if ref else "")]  # fmt: skip
     for r in rows:
