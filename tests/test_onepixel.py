@@ -214,8 +214,6 @@ def test_dithered_mutation_draws_f_per_image_and_generation():
     def objective(pop, idx):
         return pop.sum(-1), torch.zeros(pop.shape[:2], dtype=torch.bool)
 
-    import fragility.attacks.differential_evolution as de
-
     real = rng.uniform
 
     def spy(*shape, idx=None):
@@ -226,7 +224,7 @@ def test_dithered_mutation_draws_f_per_image_and_generation():
 
     rng.uniform = spy
     init = torch.rand(4, 6, 2, generator=torch.Generator().manual_seed(0))
-    de.evolve(objective, init, rng, torch.arange(4), maxiter=5, mutation=[0.5, 1.0], strategy="best1")
+    evolve(objective, init, rng, torch.arange(4), maxiter=5, mutation=[0.5, 1.0], strategy="best1")
     f = 0.5 + 0.5 * torch.stack(scales)  # (generations, images)
     assert f.shape == (5, 4) and (f >= 0.5).all() and (f < 1.0).all()
     assert len(set(f.flatten().tolist())) == f.numel()  # a fresh F for every image and generation
