@@ -6,4 +6,4 @@ from fragility.attacks.onepixel import OnePixel
 from fragility.attacks.patch import Patch
 from fragility.attacks.pgd import PGD
 
-__all__ = ["FGSM", "OnePixel", "PGD", "Patch", "Attack", "AttackResult"]
+__all__ = ["FGSM", "PGD", "Attack", "AttackResult", "OnePixel", "Patch"]

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from fragility.attacks.priors import Prior
-from fragility.attacks.rng import SampleRNG
 from fragility.errors import ConfigError
+from fragility.rng import SampleRNG
 
 POLICIES = ("sign", "rms", "constant", "progress")
 RAW = 255.0**2  # raw 0-255 pixel units -> [0, 1] units for a gradient step (see module docstring)
@@ -54,7 +54,9 @@ def check_policy(policy: str) -> str:
     return policy
 
 
-def step_direction(grad: torch.Tensor, policy: str, lr: float, max_lr: float = math.inf, desired_prog: float = 0.0) -> torch.Tensor:
+def step_direction(
+    grad: torch.Tensor, policy: str, lr: float, max_lr: float = math.inf, desired_prog: float = 0.0
+) -> torch.Tensor:
     """The ascent step for ``grad`` (one row per image) under ``policy``."""
     view = (-1,) + (1,) * (grad.dim() - 1)
     if policy == "sign":

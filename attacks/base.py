@@ -19,10 +19,10 @@ from typing import Any, ClassVar, final
 import torch
 from torch import nn
 
-from fragility.attacks.budget import format_number
-from fragility.attacks.rng import SampleRNG, content_keys
+from fragility.budget import format_number
 from fragility.errors import ConfigError, InputError
 from fragility.models.wrapper import eval_mode
+from fragility.rng import SampleRNG, content_keys
 
 
 @dataclass
@@ -44,7 +44,7 @@ class AttackResult:
     @staticmethod
     def concat(parts: list[AttackResult]) -> AttackResult:
         """Join the results of consecutive batches."""
-        cat = lambda xs: torch.cat(xs) if xs[0] is not None else None  # noqa: E731
+        cat = lambda xs: torch.cat(xs) if xs[0] is not None else None
         extras = {}
         for k, v in parts[0].extras.items():
             extras[k] = torch.cat([p.extras[k] for p in parts]) if torch.is_tensor(v) else [p.extras[k] for p in parts]
@@ -160,7 +160,7 @@ class Attack(ABC):
             targets = torch.as_tensor(targets, dtype=torch.long, device=device).reshape(-1)
             if len(targets) != len(labels):
                 raise InputError(f"{len(targets)} targets for {len(labels)} images")
-        rng = SampleRNG((keys.to(device) if keys is not None else content_keys(images, self.seed)))
+        rng = SampleRNG(keys.to(device) if keys is not None else content_keys(images, self.seed))
         counter = QueryCounter(model, len(images))
         with eval_mode(model):
             out = self._run(counter, images, labels, targets, rng)
@@ -173,7 +173,7 @@ class Attack(ABC):
         success = pred == targets if targets is not None else pred != labels
         if "success" in extras:  # an attack with a stricter criterion (e.g. a confidence threshold) can only narrow success
             success = success & torch.as_tensor(extras.pop("success"), dtype=torch.bool, device=success.device)
-        cpu = lambda t: t.detach().cpu()  # noqa: E731
+        cpu = lambda t: t.detach().cpu()
         return AttackResult(
             adv=cpu(adv),
             success=cpu(success),

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fragility.attacks.rng import SampleRNG
 from fragility.errors import ConfigError
+from fragility.rng import SampleRNG
 
 STRATEGIES = ("rand1", "best1")
 
@@ -119,7 +119,7 @@ def evolve(
         if len(act) == 0:
             break
         p, f = population[act], fit[act]
-        pick = lambda r: torch.gather(p, 1, r[..., None].expand(-1, -1, dim))  # noqa: E731
+        pick = lambda r, p=p: torch.gather(p, 1, r[..., None].expand(-1, -1, dim))
         if strategy == "rand1":
             r1, r2, r3 = distinct_others(rng, idx[act], pop, 3)
             base = pick(r1)

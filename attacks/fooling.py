@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from fragility.attacks.ascent import ascend, check_policy
 from fragility.attacks.base import Attack
-from fragility.attacks.budget import parse_budget
 from fragility.attacks.priors import preset
+from fragility.budget import parse_budget
 from fragility.errors import ConfigError
 
 INITS = ("noise", "constant")
@@ -106,9 +106,15 @@ class Fooling(Attack):
         pre = preset(self.prior) if self.prior else None
         center = getattr(model, "mean", 0.5)
         out = ascend(
-            objective, x0, steps=self.steps, lr=self.step_size, policy=self.policy,
-            priors=pre.priors if pre else (), center=center, rng=rng,
-        )  # fmt: skip
+            objective,
+            x0,
+            steps=self.steps,
+            lr=self.step_size,
+            policy=self.policy,
+            priors=pre.priors if pre else (),
+            center=center,
+            rng=rng,
+        )
         with torch.no_grad():
             conf = torch.softmax(model(out.x).float(), dim=1).gather(1, targets[:, None]).squeeze(1)
         return out.x, {"target_conf": conf, "steps": out.steps, "success": conf >= self.confidence}

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from fragility.attacks.base import Attack
-from fragility.attacks.budget import parse_budget
-from fragility.attacks.rng import SampleRNG
+from fragility.budget import parse_budget
 from fragility.errors import ConfigError
+from fragility.rng import SampleRNG
 
 NORMS = ("linf", "l2")
 

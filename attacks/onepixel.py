@@ -107,7 +107,7 @@ class OnePixel(Attack):
 
     def project(self, adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Keep the ``pixels`` most changed pixels of each image and restore all others."""
-        n, c, h, w = images.shape
+        n, _c, h, w = images.shape
         change = (adv - images).abs().amax(1).flatten(1)  # (N, H*W)
         keep = torch.zeros_like(change, dtype=torch.bool)
         keep.scatter_(1, change.topk(min(self.pixels, h * w), dim=1).indices, True)
@@ -138,7 +138,9 @@ class OnePixel(Attack):
             for s in range(0, m, self.max_batch):
                 o = owner[s : s + self.max_batch]
                 logp = forward(paint(images, o, flat[s : s + self.max_batch]), o, autocast)
-                fit[s : s + self.max_batch], ok[s : s + self.max_batch] = self._score(logp, goal[o], targets is not None, self.loss)
+                fit[s : s + self.max_batch], ok[s : s + self.max_batch] = self._score(
+                    logp, goal[o], targets is not None, self.loss
+                )
             fit, ok = fit.view(cand.shape[:2]), ok.view(cand.shape[:2])
             if autocast and ok.any():
                 ok = confirm(cand, idx, fit, ok)
@@ -151,7 +153,12 @@ class OnePixel(Attack):
             rows = ok.any(1).nonzero().flatten()
             j = torch.where(ok[rows], fit[rows], torch.inf).argmin(1)
             o = idx[rows]
-            _, good = self._score(forward(paint(images, o, cand[rows, j].view(len(rows), k, 2 + c)), o, False), goal[o], targets is not None, self.loss)
+            _, good = self._score(
+                forward(paint(images, o, cand[rows, j].view(len(rows), k, 2 + c)), o, False),
+                goal[o],
+                targets is not None,
+                self.loss,
+            )
             out = torch.zeros_like(ok)
             out[rows[good], j[good]] = True
             return out
@@ -170,8 +177,17 @@ class OnePixel(Attack):
             pos0 = rng.uniform(pop, k, 2, idx=idx) * hw  # uniform positions
             col0 = (0.5 + 0.5 * rng.normal(pop, k, c, idx=idx)).clamp(0, 1)  # Gaussian colours
             init = torch.cat([pos0, col0], dim=-1).view(n, pop, k * (2 + c))
-            res = evolve(objective, init, rng, idx, maxiter=self.maxiter, mutation=self.mutation,
-                         crossover=self.crossover, strategy=self.strategy, repair=repair)  # fmt: skip
+            res = evolve(
+                objective,
+                init,
+                rng,
+                idx,
+                maxiter=self.maxiter,
+                mutation=self.mutation,
+                crossover=self.crossover,
+                strategy=self.strategy,
+                repair=repair,
+            )
             best = res.x.view(n, k, 2 + c)
             adv = paint(images, idx, best)
             rows, cols = _positions(best, h, w)
@@ -215,10 +231,17 @@ class OnePixel(Attack):
         conf, pred = p.max(1)
         idx = ex["idx"]
         path = circled_grid(
-            ex["clean"], ex["adv"], ex["labels"], ctx.clean_pred[idx], ctx.clean_conf[idx], pred, conf,
-            ctx.model.class_names, Path(ctx.run_dir) / "onepixel.png",
+            ex["clean"],
+            ex["adv"],
+            ex["labels"],
+            ctx.clean_pred[idx],
+            ctx.clean_conf[idx],
+            pred,
+            conf,
+            ctx.model.class_names,
+            Path(ctx.run_dir) / "onepixel.png",
             title=f"{ctx.model.name} / {self.name} {self.describe()}",
-        )  # fmt: skip
+        )
         return {"onepixel": path}
 
 
@@ -237,7 +260,9 @@ def paint(images: torch.Tensor, owner: torch.Tensor, cand: torch.Tensor) -> torc
     return x
 
 
-def circled_grid(clean, adv, labels, clean_pred, clean_conf, adv_pred, adv_conf, class_names, path, title: str = "", k: int = 8) -> Path:
+def circled_grid(
+    clean, adv, labels, clean_pred, clean_conf, adv_pred, adv_conf, class_names, path, title: str = "", k: int = 8
+) -> Path:
     """Two rows (clean, attacked) of ``k`` images, the changed pixels circled, with labels and
     confidences before and after."""
     import matplotlib
@@ -247,15 +272,20 @@ def circled_grid(clean, adv, labels, clean_pred, clean_conf, adv_pred, adv_conf,
     from matplotlib.patches import Circle
 
     k = min(k, len(clean))
-    name = lambda i: class_names[int(i)] if 0 <= int(i) < len(class_names) else str(int(i))  # noqa: E731
+    name = lambda i: class_names[int(i)] if 0 <= int(i) < len(class_names) else str(int(i))
     fig, axes = plt.subplots(2, k, figsize=(1.8 * k, 4.2), squeeze=False)
     for j in range(k):
         changed = ((adv[j] - clean[j]).abs().amax(0) > 0).nonzero()
         for r, img in enumerate((clean[j], adv[j])):
             ax = axes[r, j]
             im = img.detach().cpu().float().clamp(0, 1)
-            ax.imshow(im[0] if im.shape[0] == 1 else im.permute(1, 2, 0), cmap="gray" if im.shape[0] == 1 else None,
-                      vmin=0, vmax=1, interpolation="nearest")  # fmt: skip
+            ax.imshow(
+                im[0] if im.shape[0] == 1 else im.permute(1, 2, 0),
+                cmap="gray" if im.shape[0] == 1 else None,
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             radius = max(1.5, img.shape[-1] / 12)

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from fragility.attacks.base import Attack
-from fragility.attacks.budget import parse_number
 from fragility.attacks.patch_transforms import SHAPES, apply_patch, n_pixels, random_placement, shape_mask, side_pixels
-from fragility.attacks.rng import content_keys
+from fragility.budget import parse_number
 from fragility.errors import CheckpointError, ConfigError, DataError, InputError
+from fragility.rng import content_keys
 
 FORMAT = "fragility-patch/1"
 _DEFAULTS = {"area": 0.1, "shape": "square", "rotation": 22.5, "scale": (0.8, 1.2)}
@@ -143,15 +143,23 @@ class Patch(Attack):
         return adv
 
     # ---- training --------------------------------------------------------------------------
-    def fit(self, model: torch.nn.Module, images: Any, labels: torch.Tensor | None = None, *, progress: bool = False,
-            device: torch.device | str | None = None, init: torch.Tensor | None = None) -> Patch:  # fmt: skip
+    def fit(
+        self,
+        model: torch.nn.Module,
+        images: Any,
+        labels: torch.Tensor | None = None,
+        *,
+        progress: bool = False,
+        device: torch.device | str | None = None,
+        init: torch.Tensor | None = None,
+    ) -> Patch:
         """Train the patch on ``images`` (a float [0, 1] NCHW tensor, or an ``ImageSet`` whose uint8
         images are converted per batch) with EOT; images of the target class are skipped. ``init``:
         a (C, P, P) patch to start from (e.g. a saved one, to fine-tune it for another area or model),
         resampled to this patch's resolution; default uniform noise."""
         from tqdm.auto import tqdm
 
-        from fragility.benchmarks.data import ImageSet
+        from fragility.datasets import ImageSet
 
         if self.target is None:
             raise ConfigError("the adversarial patch is targeted: set attack.target (a class index or name)")
@@ -174,7 +182,9 @@ class Patch(Attack):
         if init is not None:
             if init.dim() != 3 or init.shape[0] != c:
                 raise InputError(f"init must be a ({c}, P, P) patch, got shape {tuple(init.shape)}")
-            patch = F.interpolate(init[None].float(), size=(res, res), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
+            patch = F.interpolate(init[None].float(), size=(res, res), mode="bilinear", antialias=True, align_corners=False)[
+                0
+            ].clamp(0, 1)
         patch = patch.to(device).requires_grad_(True)
         opt = torch.optim.Adam([patch], lr=self.lr) if self.optimizer == "adam" else torch.optim.SGD([patch], lr=self.lr)
         target = torch.full((self.batch_size,), tgt, dtype=torch.long, device=device)
@@ -187,8 +197,17 @@ class Patch(Attack):
             idx = keep[torch.randint(len(keep), (self.batch_size,), generator=g)]
             xb = x[idx].to(device)
             xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
-            pl = random_placement(self.batch_size, h, w, self.area, self.shape, self.rotation, self.scale,
-                                  lambda k: torch.rand(self.batch_size, k, generator=g), device)  # fmt: skip
+            pl = random_placement(
+                self.batch_size,
+                h,
+                w,
+                self.area,
+                self.shape,
+                self.rotation,
+                self.scale,
+                lambda k: torch.rand(self.batch_size, k, generator=g),
+                device,
+            )
             adv = apply_patch(xb, patch, pl, self.area, self.shape)
             loss = F.cross_entropy(net(adv.contiguous(memory_format=cl) if c == 3 else adv), target)
             opt.zero_grad(set_to_none=True)
@@ -202,27 +221,38 @@ class Patch(Attack):
         self.patch = quantize(patch.detach().cpu())  # what is scored is what prints: 8-bit
         self.info = {
             "target": model.class_names[tgt] if hasattr(model, "class_names") else tgt,
-            "target_index": tgt, "model": getattr(model, "name", type(model).__name__),
-            "train_data": data.name if data is not None else "tensor", "n_train": len(keep), "steps": self.steps,
-            "batch_size": self.batch_size, "optimizer": self.optimizer, "lr": self.lr, "seed": self.seed,
-            "train_seconds": round(seconds, 2), "seconds_per_step": round(seconds / max(1, self.steps), 5),
+            "target_index": tgt,
+            "model": getattr(model, "name", type(model).__name__),
+            "train_data": data.name if data is not None else "tensor",
+            "n_train": len(keep),
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "optimizer": self.optimizer,
+            "lr": self.lr,
+            "seed": self.seed,
+            "train_seconds": round(seconds, 2),
+            "seconds_per_step": round(seconds / max(1, self.steps), 5),
             "final_loss": self.history[-1] if self.history else None,
-        }  # fmt: skip
+        }
         return self
 
     def prepare(self, *, model, cfg, device, seed, progress) -> None:
         """Runner hook: train on the training split (or use the loaded patch), held out from the
         images the runner is about to score."""
         from fragility.benchmarks.config import safe_instantiate
-        from fragility.benchmarks.runner import align_labels
+        from fragility.datasets import align_labels
 
         allowed = list(cfg.get("allowed_targets") or [])
         eval_source = safe_instantiate(cfg.dataset, allowed)
         eval_data = eval_source.load(int(cfg.n_samples), int(seed), model.input_size)
         self._summary = {"eval_data": data_label(eval_source, eval_data)}
         if self.patch is not None:  # loaded: re-applied as is (fine-tune from Python with fit)
-            self._summary.update(source="loaded", patch_file=self.load_path, trained_on=self.info.get("train_data"),
-                                 trained_model=self.info.get("model"))  # fmt: skip
+            self._summary.update(
+                source="loaded",
+                patch_file=self.load_path,
+                trained_on=self.info.get("train_data"),
+                trained_model=self.info.get("model"),
+            )
             return
         train_source = self._train_source(cfg, eval_source, allowed)
         train = train_source.load(self.train_n, int(seed) + 1, model.input_size)
@@ -232,9 +262,14 @@ class Patch(Attack):
         train.name = data_label(train_source, train)
         train, dropped = drop_overlap(train, eval_data)
         self.fit(model, train, progress=progress, device=device)
-        self._summary.update(source="trained", trained_on=train.name, n_train=self.info["n_train"],
-                             dropped_overlap=dropped, train_seconds=self.info["train_seconds"],
-                             seconds_per_step=self.info["seconds_per_step"])  # fmt: skip
+        self._summary.update(
+            source="trained",
+            trained_on=train.name,
+            n_train=self.info["n_train"],
+            dropped_overlap=dropped,
+            train_seconds=self.info["train_seconds"],
+            seconds_per_step=self.info["seconds_per_step"],
+        )
 
     def _train_source(self, cfg, eval_source, allowed):
         """``train_dataset`` if given; else the evaluated source with ``train_path`` or its train split;
@@ -273,7 +308,7 @@ class Patch(Attack):
     def apply(self, images: torch.Tensor, *, area: float | None = None, seed: int | None = None) -> torch.Tensor:
         """Paste the patch into ``images`` at ``area`` (default: the patch's), each image at the random
         placement ``__call__`` gives it when called without ``keys``. No model needed."""
-        from fragility.attacks.rng import SampleRNG
+        from fragility.rng import SampleRNG
 
         if self.patch is None:
             raise ConfigError("the patch is not trained: call fit() or pass load=PATH")
@@ -292,10 +327,13 @@ class Patch(Attack):
         source = "loaded" if self._summary.get("source") == "loaded" else "heldout"
         out = {
             "split": f"{self._summary.get('eval_data', 'eval')}:{source}",
-            "targeted_success": k_t / m if m else math.nan, "targeted_ci": list(wilson_interval(k_t, m)),
-            "untargeted_success": k_u / m if m else math.nan, "untargeted_ci": list(wilson_interval(k_u, m)),
-            "n_scored": m, **self._summary,
-        }  # fmt: skip
+            "targeted_success": k_t / m if m else math.nan,
+            "targeted_ci": list(wilson_interval(k_t, m)),
+            "untargeted_success": k_u / m if m else math.nan,
+            "untargeted_ci": list(wilson_interval(k_u, m)),
+            "n_scored": m,
+            **self._summary,
+        }
         self.info["heldout"] = {k: out[k] for k in ("split", "targeted_success", "targeted_ci", "untargeted_success", "n_scored")}
         return out
 
@@ -313,10 +351,21 @@ class Patch(Attack):
             alpha = (shape_mask(arr.shape[-1], "circle") * 255).to(torch.uint8)[None]
             arr = torch.cat([arr, alpha])
         mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[0]]
-        Image.fromarray(arr.permute(1, 2, 0).squeeze(-1).numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy(), mode).save(png)
-        meta = {"format": FORMAT, **self.info, "target": self.info.get("target", self.target), "shape": self.shape,
-                "area": self.area, "rotation": self.rotation, "scale": list(self.scale), "channels": int(self.patch.shape[0]),
-                "resolution": int(self.patch.shape[-1]), "png": png.name}  # fmt: skip
+        Image.fromarray(
+            arr.permute(1, 2, 0).squeeze(-1).numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy(), mode
+        ).save(png)
+        meta = {
+            "format": FORMAT,
+            **self.info,
+            "target": self.info.get("target", self.target),
+            "shape": self.shape,
+            "area": self.area,
+            "rotation": self.rotation,
+            "scale": list(self.scale),
+            "channels": int(self.patch.shape[0]),
+            "resolution": int(self.patch.shape[-1]),
+            "png": png.name,
+        }
         png.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=str))
         return png
 
@@ -377,6 +426,7 @@ def quantize(patch: torch.Tensor) -> torch.Tensor:
 
 def drop_overlap(train, held_out) -> tuple[Any, int]:
     """Remove from ``train`` (an ImageSet) every image whose 8-bit content equals one in ``held_out``."""
+
     def keys(d) -> torch.Tensor:  # in chunks: a whole ImageNet-sized set as int64 would not fit in memory
         return torch.cat([content_keys(d.images(slice(i, i + 512)), 0) for i in range(0, len(d), 512)])
 
@@ -425,5 +475,7 @@ def read_patch(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     if t.shape[0] in (2, 4):
         t = t[:-1]  # alpha only marks the circle's outside
     if t.shape[-1] != t.shape[-2] or t.shape[0] != meta.get("channels", t.shape[0]):
-        raise CheckpointError(f"{png}: a {tuple(t.shape)} image does not match its metadata (square, {meta.get('channels')} channels)")
+        raise CheckpointError(
+            f"{png}: a {tuple(t.shape)} image does not match its metadata (square, {meta.get('channels')} channels)"
+        )
     return t.float() / 255, meta

@@ -55,7 +55,7 @@ def random_placement(
 ) -> Placement:
     """Random scale in ``scale``, angle in ``[-rotation, rotation]`` degrees and a location that keeps
     the (rotated) patch inside the image. ``uniform(k)`` returns an (n, k) tensor in [0, 1): a
-    :class:`~fragility.attacks.rng.SampleRNG`'s per-sample stream or ``torch.rand``."""
+    :class:`~fragility.rng.SampleRNG`'s per-sample stream or ``torch.rand``."""
     u = uniform(4).to(device)
     s = scale[0] + (scale[1] - scale[0]) * u[:, 0]
     ang = math.radians(rotation) * (2 * u[:, 1] - 1)
@@ -103,12 +103,15 @@ def placement_mask(pl: Placement, h: int, w: int, area: float, shape: str) -> tu
 def apply_patch(images: torch.Tensor, patch: torch.Tensor, pl: Placement, area: float, shape: str) -> torch.Tensor:
     """Paste ``patch`` (C, P, P) into every image of ``images`` (N, C, H, W) at placement ``pl``.
     Differentiable with respect to ``patch``; values stay in [0, 1] when both inputs do."""
-    n, c, h, w = images.shape
+    n, _c, h, w = images.shape
     grid, mask = placement_mask(pl, h, w, area, shape)
     pasted = F.grid_sample(
-        patch[None].expand(n, -1, -1, -1).to(images.dtype), grid.to(images.dtype),
-        mode="bilinear", padding_mode="border", align_corners=False,
-    )  # fmt: skip
+        patch[None].expand(n, -1, -1, -1).to(images.dtype),
+        grid.to(images.dtype),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )
     return images * (1 - mask) + pasted * mask
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from fragility.attacks.budget import parse_budget
 from fragility.attacks.gradient import LpAttack, ascent_step, loss_gradient, project, random_start
+from fragility.budget import parse_budget
 from fragility.errors import ConfigError
 
 

@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from fragility.attacks.rng import SampleRNG
 from fragility.errors import ConfigError
+from fragility.rng import SampleRNG
 
 
 class Prior:
@@ -167,7 +167,9 @@ def _yosinski(row: int, decay: float, width: float, every: int, n_pct: float, c_
         priors.append(NormClip(n_pct))
     if c_pct:
         priors.append(ContributionClip(c_pct))
-    return Preset(name=f"yosinski{row}", priors=tuple(priors), steps=steps, source=f"Yosinski et al. 2015, Table 1 row {row}", **lr)
+    return Preset(
+        name=f"yosinski{row}", priors=tuple(priors), steps=steps, source=f"Yosinski et al. 2015, Table 1 row {row}", **lr
+    )
 
 
 #: Table 1 of Yosinski et al. (2015), in the paper's order; row 3 made most of the paper's pictures.
@@ -191,7 +193,13 @@ def preset(name: str) -> Preset:
 
 
 def build_priors(
-    *, decay: float = 0.0, blur: float = 0.0, blur_every: int = 1, jitter: int = 0, norm_pct: float = 0.0, contrib_pct: float = 0.0
+    *,
+    decay: float = 0.0,
+    blur: float = 0.0,
+    blur_every: int = 1,
+    jitter: int = 0,
+    norm_pct: float = 0.0,
+    contrib_pct: float = 0.0,
 ) -> list[Prior]:
     """Priors from plain numbers (what a config file holds); zero switches a piece off."""
     out: list[Prior] = []

@@ -51,7 +51,11 @@ def main() -> None:
     ap.add_argument("--smoothing-sigma", type=float, default=0.25)
     ap.add_argument("--smoothing-n", type=int, default=200, help="images to certify")
     ap.add_argument("--smoothing-votes", type=int, default=1000, help="Cohen's n (n0 = 100)")
-    ap.add_argument("--only", default=None, help="comma list of defenses to run (none,jpeg,bit_depth,median,gaussian_noise,checkpoint,smoothing)")
+    ap.add_argument(
+        "--only",
+        default=None,
+        help="comma list of defenses to run (none,jpeg,bit_depth,median,gaussian_noise,checkpoint,smoothing)",
+    )
     ap.add_argument("--threads", type=int, default=int(os.environ.get("FRAGILITY_THREADS", os.cpu_count() or 1)))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -70,23 +74,43 @@ def main() -> None:
         ("gaussian_noise", [*pgd, "defense=gaussian_noise", f"defense.sigma={args.sigma}", f"defense.eot_samples={args.eot}"]),
     ]
     if args.checkpoint:
-        jobs += [("none", [*pgd20]), ("checkpoint", [*pgd, "defense=checkpoint", f"defense.path={args.checkpoint}"]),
-                 ("checkpoint", [*pgd20, "defense=checkpoint", f"defense.path={args.checkpoint}"])]  # fmt: skip
+        jobs += [
+            ("none", [*pgd20]),
+            ("checkpoint", [*pgd, "defense=checkpoint", f"defense.path={args.checkpoint}"]),
+            ("checkpoint", [*pgd20, "defense=checkpoint", f"defense.path={args.checkpoint}"]),
+        ]
     if args.smoothing_checkpoint:
-        jobs.append(("smoothing", [*pgd, "defense=smoothing", f"defense.sigma={args.smoothing_sigma}", f"defense.n={args.smoothing_votes}",
-                                   "defense.eot_samples=4", f"model.checkpoint={args.smoothing_checkpoint}"]))  # fmt: skip
+        jobs.append(
+            (
+                "smoothing",
+                [
+                    *pgd,
+                    "defense=smoothing",
+                    f"defense.sigma={args.smoothing_sigma}",
+                    f"defense.n={args.smoothing_votes}",
+                    "defense.eot_samples=4",
+                    f"model.checkpoint={args.smoothing_checkpoint}",
+                ],
+            )
+        )
     only = set(args.only.split(",")) if args.only else None
     from fragility.benchmarks.runner import run
     from fragility.benchmarks.store import ResultStore
 
-    print(f"# bench_defenses: resnet20, CIFAR-10 test.npz, n={args.n}, PGD-{args.steps} eps {args.eps}, {args.threads} thread(s)", flush=True)
+    print(
+        f"# bench_defenses: resnet20, CIFAR-10 test.npz, n={args.n}, PGD-{args.steps} eps {args.eps}, {args.threads} thread(s)",
+        flush=True,
+    )
     for name, ov in jobs:
         if only and name not in only:
             continue
         n = args.smoothing_n if name == "smoothing" else args.n
         t0 = time.perf_counter()
         run(compose([*base, f"n_samples={n}", *ov]))
-        print(f"# {name} {' '.join(o for o in ov if o.startswith(('attack.steps', 'defense.')))} done in {time.perf_counter() - t0:.0f}s", flush=True)
+        print(
+            f"# {name} {' '.join(o for o in ov if o.startswith(('attack.steps', 'defense.')))} done in {time.perf_counter() - t0:.0f}s",
+            flush=True,
+        )
 
     recs = ResultStore(args.results).records()
     rows = {}
@@ -101,21 +125,29 @@ def main() -> None:
         for k, v in extra.items():
             if k.startswith("certified_acc@") or k == "abstain_rate":
                 row[k] = v
-    print("\n| model | defense | attack | n | clean acc | robust acc, plain attack | robust acc, adaptive (how) | reported (worst) | seconds plain / adaptive (1 thread) |")
+    print(
+        "\n| model | defense | attack | n | clean acc | robust acc, plain attack | robust acc, adaptive (how) | reported (worst) | seconds plain / adaptive (1 thread) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for row in sorted(rows.values(), key=lambda r: (r["attack"], r["defense"])):
         ad = row.get("adaptive")
         worst = min(v for v in (row.get("standard"), ad) if v is not None)
         ad_s = f"{ad:.1%} ({row.get('how', '')})" if ad is not None else "same (differentiable, deterministic)"
-        secs = f"{row.get('standard_s', 0):.0f} / {row['adaptive_s']:.0f}" if ad is not None else f"{row.get('standard_s', 0):.0f}"
-        print(f"| cifar_resnet20 | {row['defense']} | {row['attack']} | {row['n']} | {row['clean']:.1%} | {row.get('standard', float('nan')):.1%} | {ad_s} | {worst:.1%} | {secs} |")
+        secs = (
+            f"{row.get('standard_s', 0):.0f} / {row['adaptive_s']:.0f}" if ad is not None else f"{row.get('standard_s', 0):.0f}"
+        )
+        print(
+            f"| cifar_resnet20 | {row['defense']} | {row['attack']} | {row['n']} | {row['clean']:.1%} | {row.get('standard', float('nan')):.1%} | {ad_s} | {worst:.1%} | {secs} |"
+        )
     cert = [r for r in rows.values() if "abstain_rate" in r]
     if cert:
         print("\n| defense | n | certified acc r=0 | r=0.25 | r=0.5 | abstain rate |")
         print("|---|---|---|---|---|---|")
         for r in cert:
-            print(f"| {r['defense']} | {r['n']} | {r.get('certified_acc@0', float('nan')):.1%} | {r.get('certified_acc@0.25', float('nan')):.1%} | "
-                  f"{r.get('certified_acc@0.5', float('nan')):.1%} | {r['abstain_rate']:.1%} |")  # fmt: skip
+            print(
+                f"| {r['defense']} | {r['n']} | {r.get('certified_acc@0', float('nan')):.1%} | {r.get('certified_acc@0.25', float('nan')):.1%} | "
+                f"{r.get('certified_acc@0.5', float('nan')):.1%} | {r['abstain_rate']:.1%} |"
+            )
     print(f"\nleaderboards: {args.results}/defense_leaderboard.md, {args.results}/leaderboard.md")
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from fragility.attacks import FGSM, PGD
-from fragility.benchmarks.data import Npz
+from fragility.datasets import Npz
 from fragility.models.cifar_resnet import build
 
 EPS, STEPS = 8 / 255, 10
@@ -79,14 +79,19 @@ def methods(model, n_classes):
 
             return f
 
-        out["foolbox"] = (fbf(fb.attacks.LinfFastGradientAttack(random_start=False)), fbf(fb.attacks.LinfPGD(abs_stepsize=ALPHA, steps=STEPS, random_start=True)))
+        out["foolbox"] = (
+            fbf(fb.attacks.LinfFastGradientAttack(random_start=False)),
+            fbf(fb.attacks.LinfPGD(abs_stepsize=ALPHA, steps=STEPS, random_start=True)),
+        )
     except ImportError:
         print("foolbox not installed: skipped")
     try:
         from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescentPyTorch
         from art.estimators.classification import PyTorchClassifier
 
-        clf = PyTorchClassifier(model, loss=torch.nn.CrossEntropyLoss(), input_shape=(3, 32, 32), nb_classes=n_classes, clip_values=(0.0, 1.0))
+        clf = PyTorchClassifier(
+            model, loss=torch.nn.CrossEntropyLoss(), input_shape=(3, 32, 32), nb_classes=n_classes, clip_values=(0.0, 1.0)
+        )
 
         def artf(make):
             def f(m, x, y):
@@ -98,7 +103,11 @@ def methods(model, n_classes):
 
         out["ART"] = (
             artf(lambda b: FastGradientMethod(clf, norm=np.inf, eps=EPS, batch_size=b)),
-            artf(lambda b: ProjectedGradientDescentPyTorch(clf, norm=np.inf, eps=EPS, eps_step=ALPHA, max_iter=STEPS, num_random_init=1, batch_size=b, verbose=False)),
+            artf(
+                lambda b: ProjectedGradientDescentPyTorch(
+                    clf, norm=np.inf, eps=EPS, eps_step=ALPHA, max_iter=STEPS, num_random_init=1, batch_size=b, verbose=False
+                )
+            ),
         )
     except ImportError:
         print("adversarial-robustness-toolbox not installed: skipped")
@@ -129,14 +138,19 @@ def main() -> None:
             for name, fns in meths.items():  # interleaved, so drift in machine load hits all methods alike
                 torch.manual_seed(r)
                 t0 = time.perf_counter()
-                preds = [fns[a](model, x[i : i + args.batch_size], y[i : i + args.batch_size]) for i in range(0, len(x), args.batch_size)]
+                preds = [
+                    fns[a](model, x[i : i + args.batch_size], y[i : i + args.batch_size])
+                    for i in range(0, len(x), args.batch_size)
+                ]
                 times[name].append(time.perf_counter() - t0)
                 accs[name] = (torch.cat(preds) == y).float().mean().item()
         base = min(times["plain loop"])
         for name in meths:
             t = min(times[name])
             rows.append((attack, name, t, t / base, accs[name]))
-    print(f"\nresnet20, {args.n} seeded shared CIFAR-10 test images, Linf eps 8/255, {args.threads} thread(s), best of {args.repeats}; clean acc (first 500) {clean:.3f}")
+    print(
+        f"\nresnet20, {args.n} seeded shared CIFAR-10 test images, Linf eps 8/255, {args.threads} thread(s), best of {args.repeats}; clean acc (first 500) {clean:.3f}"
+    )
     print(f"{'attack':8} {'method':14} {'seconds':>9} {'x plain':>8} {'robust acc':>11}")
     for attack, name, t, ratio, acc in rows:
         print(f"{attack:8} {name:14} {t:9.2f} {ratio:8.2f} {acc:11.3f}")

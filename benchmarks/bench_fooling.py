@@ -31,8 +31,9 @@ def fooling_table(model, seeds: int, steps: int) -> tuple[list[list], torch.Tens
     k = model.num_classes
     n = k * seeds
     t0 = time.perf_counter()
-    res = Fooling(target="all", steps=steps)(model, torch.zeros(n, *model.input_size), torch.zeros(n, dtype=torch.long),
-                                             keys=torch.arange(n))  # fmt: skip
+    res = Fooling(target="all", steps=steps)(
+        model, torch.zeros(n, *model.input_size), torch.zeros(n, dtype=torch.long), keys=torch.arange(n)
+    )
     sec = time.perf_counter() - t0
     rows = []
     st = res.extras["steps"]
@@ -40,8 +41,15 @@ def fooling_table(model, seeds: int, steps: int) -> tuple[list[list], torch.Tens
         m = res.targets == c
         ok = res.success[m]
         s = st[m][ok].float()
-        rows.append([model.class_names[c], f"{int(ok.sum())}/{int(m.sum())}", f"{s.median():.0f}" if len(s) else "-",
-                     f"{s.max():.0f}" if len(s) else "-", f"{res.extras['target_conf'][m].min():.6f}"])  # fmt: skip
+        rows.append(
+            [
+                model.class_names[c],
+                f"{int(ok.sum())}/{int(m.sum())}",
+                f"{s.median():.0f}" if len(s) else "-",
+                f"{s.max():.0f}" if len(s) else "-",
+                f"{res.extras['target_conf'][m].min():.6f}",
+            ]
+        )
     return rows, res.adv, res.targets, sec
 
 
@@ -77,15 +85,21 @@ def main() -> None:
     if "fooling" not in skip:
         for name, model in (("resnet20", r20), ("digits_cnn", digits_cnn.build())):
             rows, adv, t, sec = fooling_table(model, args.seeds, args.steps)
-            print(f"## Fooling from seeded noise: {name}, {args.seeds} images per class, target 99.99%, <= {args.steps} steps ({sec:.1f} s)\n")
+            print(
+                f"## Fooling from seeded noise: {name}, {args.seeds} images per class, target 99.99%, <= {args.steps} steps ({sec:.1f} s)\n"
+            )
             print(tabulate(rows, headers=["target", "reached", "median steps", "max steps", "min conf"], tablefmt="github"), "\n")
             if name == "resnet20":
                 fool_adv, fool_t = adv, t
                 if img:
                     with torch.no_grad():
                         p = torch.softmax(r20(adv[:10]), 1)
-                    image_grid(adv[:10], [f"{r20.class_names[int(c)]}\n{float(p[i, c]):.4%}" for i, c in enumerate(t[:10])],
-                               img / "fooling_resnet20.png", title="ResNet-20 fooling images from seeded noise (>= 99.99%)")  # fmt: skip
+                    image_grid(
+                        adv[:10],
+                        [f"{r20.class_names[int(c)]}\n{float(p[i, c]):.4%}" for i, c in enumerate(t[:10])],
+                        img / "fooling_resnet20.png",
+                        title="ResNet-20 fooling images from seeded noise (>= 99.99%)",
+                    )
 
     if "priors" not in skip:
         rows = []
@@ -93,18 +107,36 @@ def main() -> None:
             with torch.no_grad():
                 a20 = (r20(fool_adv).argmax(1) == fool_t).float().mean()
                 a32 = (r32(fool_adv).argmax(1) == fool_t).float().mean()
-            rows.append(["fooling images (no prior, sign 2/255)", len(fool_adv), f"{total_variation(fool_adv).mean():.4f}", f"{a20:.0%}", f"{a32:.0%}", "-"])
+            rows.append(
+                [
+                    "fooling images (no prior, sign 2/255)",
+                    len(fool_adv),
+                    f"{total_variation(fool_adv).mean():.4f}",
+                    f"{a20:.0%}",
+                    f"{a32:.0%}",
+                    "-",
+                ]
+            )
             from fragility.attacks.fooling import Fooling
 
             for name in ("yosinski1", "yosinski3"):  # the same fooling attack with a preset's priors
                 t0 = time.perf_counter()
                 n = len(fool_adv)
-                res = Fooling(target="all", steps=args.steps, prior=name)(r20, torch.zeros(n, 3, 32, 32), torch.zeros(n, dtype=torch.long), keys=torch.arange(n))
+                res = Fooling(target="all", steps=args.steps, prior=name)(
+                    r20, torch.zeros(n, 3, 32, 32), torch.zeros(n, dtype=torch.long), keys=torch.arange(n)
+                )
                 with torch.no_grad():
                     a32 = (r32(res.adv).argmax(1) == res.targets).float().mean()
-                rows.append([f"fooling images + {name} priors (99.99% reached: {res.success.float().mean():.0%})", n,
-                             f"{total_variation(res.adv).mean():.4f}", f"{(res.pred == res.targets).float().mean():.0%}", f"{a32:.0%}",
-                             f"{time.perf_counter() - t0:.0f}"])  # fmt: skip
+                rows.append(
+                    [
+                        f"fooling images + {name} priors (99.99% reached: {res.success.float().mean():.0%})",
+                        n,
+                        f"{total_variation(res.adv).mean():.4f}",
+                        f"{(res.pred == res.targets).float().mean():.0%}",
+                        f"{a32:.0%}",
+                        f"{time.perf_counter() - t0:.0f}",
+                    ]
+                )
         shown: list = []
         for name in filter(None, args.presets.split(",")):
             p = preset(name)
@@ -120,16 +152,37 @@ def main() -> None:
                     a20 = (r20(x).argmax(1) == t).float().mean()
                     a32 = (r32(x).argmax(1) == t).float().mean()
                 label = f"{name} ({p.steps} steps, {p.policy})" + ("" if with_priors else ", priors off")
-                rows.append([label, len(x), f"{total_variation(x).mean():.4f}", f"{a20:.0%}", f"{a32:.0%}", f"{time.perf_counter() - t0:.0f}"])
+                rows.append(
+                    [
+                        label,
+                        len(x),
+                        f"{total_variation(x).mean():.4f}",
+                        f"{a20:.0%}",
+                        f"{a32:.0%}",
+                        f"{time.perf_counter() - t0:.0f}",
+                    ]
+                )
                 print("  ", rows[-1], flush=True)
                 if name == "yosinski2":
                     shown.append((x[:10], [("" if with_priors else "no prior: ") + r20.class_names[int(c)] for c in t[:10]]))
         if img and shown:
-            image_grid(torch.cat([x for x, _ in shown]), [t for _, ts in shown for t in ts], img / "class_vis_resnet20_yosinski2.png",
-                       title="ResNet-20 class visualizations: preset yosinski2 (top) and the same steps without priors (bottom); "
-                       "each image minus its mean colour, stretched", stretch=True)  # fmt: skip
+            image_grid(
+                torch.cat([x for x, _ in shown]),
+                [t for _, ts in shown for t in ts],
+                img / "class_vis_resnet20_yosinski2.png",
+                title="ResNet-20 class visualizations: preset yosinski2 (top) and the same steps without priors (bottom); "
+                "each image minus its mean colour, stretched",
+                stretch=True,
+            )
         print("\n## Priors: class visualization on ResNet-20, transfer to ResNet-32\n")
-        print(tabulate(rows, headers=["images", "n", "mean TV", "ResNet-20 says target", "ResNet-32 says target", "seconds"], tablefmt="github"), "\n")
+        print(
+            tabulate(
+                rows,
+                headers=["images", "n", "mean TV", "ResNet-20 says target", "ResNet-32 says target", "seconds"],
+                tablefmt="github",
+            ),
+            "\n",
+        )
 
     if "filters" not in skip:
         rows = []
@@ -144,13 +197,29 @@ def main() -> None:
             with torch.no_grad():
                 r = torch.stack([channel_activation(r20, mod, noise, torch.full((64,), c)) for c in chans])
             z = (v.score - r.mean(1)) / r.std(1)
-            rows.append(["resnet20 (pretrained)", layer, len(chans), f"{v.score.mean():.3g}", f"{r.mean():.3g}", f"{z.min():.1f}", f"{z.median():.1f}", f"{time.perf_counter() - t0:.1f}"])
+            rows.append(
+                [
+                    "resnet20 (pretrained)",
+                    layer,
+                    len(chans),
+                    f"{v.score.mean():.3g}",
+                    f"{r.mean():.3g}",
+                    f"{z.min():.1f}",
+                    f"{z.median():.1f}",
+                    f"{time.perf_counter() - t0:.1f}",
+                ]
+            )
             grid.append((layer, v))
         if img:
             ims = torch.cat([v.images for _, v in grid])
             titles = [f"{layer}[{c}]" for layer, v in grid for c in v.units]
-            image_grid(ims, titles, img / "filter_vis_resnet20.png", cols=8,
-                       title="ResNet-20 filter visualization, 8 channels of 4 layers (as optimized, no priors)")  # fmt: skip
+            image_grid(
+                ims,
+                titles,
+                img / "filter_vis_resnet20.png",
+                cols=8,
+                title="ResNet-20 filter visualization, 8 channels of 4 layers (as optimized, no priors)",
+            )
         if "imagenet" not in skip:
             from fragility.models.torchvision_models import build as tv_build
 
@@ -162,12 +231,45 @@ def main() -> None:
                 mod = find_layer(m, layer)
                 gi = torch.Generator().manual_seed(7)
                 with torch.no_grad():
-                    r = torch.stack([channel_activation(m, mod, torch.rand(8, *m.input_size, generator=gi), torch.full((8,), c)) for c in (0, 1)])
+                    r = torch.stack(
+                        [
+                            channel_activation(m, mod, torch.rand(8, *m.input_size, generator=gi), torch.full((8,), c))
+                            for c in (0, 1)
+                        ]
+                    )
                 z = (v.score - r.mean(1)) / r.std(1)
-                rows.append([f"{arch} (random weights)", layer, 2, f"{v.score.mean():.3g}", f"{r.mean():.3g}", f"{z.min():.1f}", f"{z.median():.1f}", f"{time.perf_counter() - t0:.1f}"])
+                rows.append(
+                    [
+                        f"{arch} (random weights)",
+                        layer,
+                        2,
+                        f"{v.score.mean():.3g}",
+                        f"{r.mean():.3g}",
+                        f"{z.min():.1f}",
+                        f"{z.median():.1f}",
+                        f"{time.perf_counter() - t0:.1f}",
+                    ]
+                )
                 print("  ", rows[-1], flush=True)
-        print(f"## Filter visualization: optimized image vs random uniform images ({args.filter_steps} steps on ResNet-20, {args.imagenet_steps} on the ImageNet nets; rms step)\n")
-        print(tabulate(rows, headers=["model", "layer", "channels", "mean act (optimized)", "mean act (random)", "min z", "median z", "seconds"], tablefmt="github"))
+        print(
+            f"## Filter visualization: optimized image vs random uniform images ({args.filter_steps} steps on ResNet-20, {args.imagenet_steps} on the ImageNet nets; rms step)\n"
+        )
+        print(
+            tabulate(
+                rows,
+                headers=[
+                    "model",
+                    "layer",
+                    "channels",
+                    "mean act (optimized)",
+                    "mean act (random)",
+                    "min z",
+                    "median z",
+                    "seconds",
+                ],
+                tablefmt="github",
+            )
+        )
 
 
 if __name__ == "__main__":

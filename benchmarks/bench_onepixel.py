@@ -105,7 +105,9 @@ def sample(model: nn.Module, shared: Path, n: int, seed: int) -> tuple[torch.Ten
     return x, torch.from_numpy(y_all[ids].astype(np.int64)), ids
 
 
-def judge(model: nn.Module, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+def judge(
+    model: nn.Module, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, pixels: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Success of every method, decided the same way: ``adv`` in eval mode is misclassified.
     Also the number of changed pixels per image; an output outside [0, 1] or over the pixel budget
     stops the benchmark."""
@@ -134,9 +136,17 @@ def throughput(model: nn.Module, batch: int, bf16: bool, seconds: float = 3.0) -
 
 def run_fragility(model, x, y, args, precision: str) -> dict:
     net = Counting(model)
-    attack = OnePixel(pixels=args.pixels, popsize=args.popsize, maxiter=args.maxiter, precision=precision,
-                      max_batch=args.max_batch, strategy=args.strategy, mutation=args.mutation, loss=args.loss,
-                      seed=args.seed)  # fmt: skip
+    attack = OnePixel(
+        pixels=args.pixels,
+        popsize=args.popsize,
+        maxiter=args.maxiter,
+        precision=precision,
+        max_batch=args.max_batch,
+        strategy=args.strategy,
+        mutation=args.mutation,
+        loss=args.loss,
+        seed=args.seed,
+    )
     t0 = time.perf_counter()
     parts = [attack(net, x[s : s + args.batch], y[s : s + args.batch]) for s in range(0, len(x), args.batch)]
     seconds = time.perf_counter() - t0
@@ -153,12 +163,27 @@ def run_fragility(model, x, y, args, precision: str) -> dict:
             pc = torch.softmax(model(x[:8]), 1)
         cc, cp = pc.max(1)
         ac, ap = pa.max(1)
-        circled_grid(x[:8], adv, y[:8], cp, cc, ap, ac, CIFAR10_CLASSES, args.figure,
-                     title=f"cifar_resnet20 / onepixel {attack.describe()}")  # fmt: skip
+        circled_grid(
+            x[:8],
+            adv,
+            y[:8],
+            cp,
+            cc,
+            ap,
+            ac,
+            CIFAR10_CLASSES,
+            args.figure,
+            title=f"cifar_resnet20 / onepixel {attack.describe()}",
+        )
     return {
-        "success": success.tolist(), "queries": queries.tolist(), "seconds": seconds, "forward_seconds": net.seconds,
-        "forwarded": net.images, "generations": gens.tolist(), "max_l0": int(l0.max()),
-    }  # fmt: skip
+        "success": success.tolist(),
+        "queries": queries.tolist(),
+        "seconds": seconds,
+        "forward_seconds": net.seconds,
+        "forwarded": net.images,
+        "generations": gens.tolist(),
+        "max_l0": int(l0.max()),
+    }
 
 
 def make_peers(model, args) -> dict:
@@ -175,8 +200,14 @@ def make_peers(model, args) -> dict:
         from art.estimators.classification import PyTorchClassifier
 
         net = Counting(model)
-        clf = PyTorchClassifier(model=net, loss=nn.CrossEntropyLoss(), input_shape=(3, 32, 32), nb_classes=10,
-                                clip_values=(0.0, 1.0), device_type="cpu")  # fmt: skip
+        clf = PyTorchClassifier(
+            model=net,
+            loss=nn.CrossEntropyLoss(),
+            input_shape=(3, 32, 32),
+            nb_classes=10,
+            clip_values=(0.0, 1.0),
+            device_type="cpu",
+        )
         atk = PixelAttack(clf, th=args.pixels, es=1, max_iter=args.maxiter, targeted=False, verbose=False)
         # ART sizes its population as max(1, 400 // dims) * dims: Su's 400 for 1 pixel; other --popsize
         # values cannot be passed through its API, so the table prints its actual population.
@@ -224,26 +255,41 @@ def summarize(name: str, r: dict) -> dict:
     k = int(sum(r["success"]))
     lo, hi = wilson_interval(k, n)
     q = float(np.mean(r["queries"])) if n else float("nan")
-    return {"method": name, "n": n, "k": k, "rate": k / n if n else float("nan"), "lo": lo, "hi": hi, "queries": q,
-            "s_per_img": r["seconds"] / n if n else float("nan"), "qps": sum(r["queries"]) / r["seconds"] if r["seconds"] else float("nan"),
-            "fwd_share": r.get("forward_seconds", float("nan")) / r["seconds"] if r["seconds"] else float("nan"),
-            "max_l0": r.get("max_l0", -1)}  # fmt: skip
+    return {
+        "method": name,
+        "n": n,
+        "k": k,
+        "rate": k / n if n else float("nan"),
+        "lo": lo,
+        "hi": hi,
+        "queries": q,
+        "s_per_img": r["seconds"] / n if n else float("nan"),
+        "qps": sum(r["queries"]) / r["seconds"] if r["seconds"] else float("nan"),
+        "fwd_share": r.get("forward_seconds", float("nan")) / r["seconds"] if r["seconds"] else float("nan"),
+        "max_l0": r.get("max_l0", -1),
+    }
 
 
 def table(rows: list[dict], raw: dict[str, float]) -> str:
     peers = [r for r in rows if not r["method"].startswith("fragility")]
     ref = min(peers, key=lambda r: r["s_per_img"]) if peers else None
-    out = ["| method | n | success | 95% Wilson | mean queries | s / image | queries/s | forward share | max pixels changed | "
-           + (f"speed-up vs {ref['method']} |" if ref else "") ,
-           "|---|---|---|---|---|---|---|---|---|" + ("---|" if ref else "")]  # fmt: skip
+    out = [
+        "| method | n | success | 95% Wilson | mean queries | s / image | queries/s | forward share | max pixels changed | "
+        + (f"speed-up vs {ref['method']} |" if ref else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if ref else ""),
+    ]
     for r in rows:
-        line = (f"| {r['method']} | {r['n']} | {r['k']}/{r['n']} = {r['rate']:.1%} | [{r['lo']:.1%}, {r['hi']:.1%}] | "
-                f"{r['queries']:.0f} | {r['s_per_img']:.2f} | {r['qps']:.0f} | {r['fwd_share']:.0%} | {r['max_l0'] if r['max_l0'] >= 0 else ''} |")  # fmt: skip
+        line = (
+            f"| {r['method']} | {r['n']} | {r['k']}/{r['n']} = {r['rate']:.1%} | [{r['lo']:.1%}, {r['hi']:.1%}] | "
+            f"{r['queries']:.0f} | {r['s_per_img']:.2f} | {r['qps']:.0f} | {r['fwd_share']:.0%} | {r['max_l0'] if r['max_l0'] >= 0 else ''} |"
+        )
         if ref:
             line += f" {ref['s_per_img'] / r['s_per_img']:.1f}x |" if r["s_per_img"] == r["s_per_img"] else " |"
         out.append(line)
     out.append("")
-    out.append("raw resnet20 forward throughput (1 process, same run): " + ", ".join(f"{k} {v:.0f} img/s" for k, v in raw.items()))
+    out.append(
+        "raw resnet20 forward throughput (1 process, same run): " + ", ".join(f"{k} {v:.0f} img/s" for k, v in raw.items())
+    )
     for r in rows:
         if r["method"].startswith("fragility") and r["qps"] == r["qps"]:
             key = "bf16" if "bf16" in r["method"] else "fp32"
@@ -262,8 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", default="torchattacks,art", help="comma list of torchattacks, art; or none")
     ap.add_argument("--precision", default="fp32,bf16", help="fragility precisions to run (fp32, bf16)")
     ap.add_argument("--strategy", default="rand1")
-    ap.add_argument("--mutation", type=lambda v: tuple(float(t) for t in v.split(",")) if "," in v else float(v), default=0.5,
-                    help="DE scale F, or 'low,high' to dither it")
+    ap.add_argument(
+        "--mutation",
+        type=lambda v: tuple(float(t) for t in v.split(",")) if "," in v else float(v),
+        default=0.5,
+        help="DE scale F, or 'low,high' to dither it",
+    )
     ap.add_argument("--loss", default="prob", help="fragility's fitness: prob (Su) or margin")
     ap.add_argument("--batch", type=int, default=100, help="images per fragility call")
     ap.add_argument("--max-batch", type=int, default=128, help="candidates per model call (fragility)")
@@ -279,8 +329,11 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load_resnet20(Path(args.shared))
     x, y, ids = sample(model, Path(args.shared), args.n, args.seed)
-    print(f"# one-pixel benchmark: resnet20, {len(x)} correctly classified CIFAR-10 test images (seed {args.seed}), "
-          f"pixels={args.pixels} popsize={args.popsize} maxiter={args.maxiter}, threads={args.threads}, torch {torch.__version__}", flush=True)  # fmt: skip
+    print(
+        f"# one-pixel benchmark: resnet20, {len(x)} correctly classified CIFAR-10 test images (seed {args.seed}), "
+        f"pixels={args.pixels} popsize={args.popsize} maxiter={args.maxiter}, threads={args.threads}, torch {torch.__version__}",
+        flush=True,
+    )
 
     raw = {}
     sizes = sorted({32, 128, 512, args.max_batch})
@@ -299,8 +352,11 @@ def main(argv: list[str] | None = None) -> int:
             args.figure = None  # one picture is enough
         results[f"fragility ({prec})"] = r
         rows.append(summarize(f"fragility ({prec})", r))
-        print(f"[fragility {prec}] success {rows[-1]['k']}/{rows[-1]['n']}, {rows[-1]['s_per_img']:.3f} s/image, "
-              f"mean queries {rows[-1]['queries']:.0f}, max changed pixels {r['max_l0']}", flush=True)  # fmt: skip
+        print(
+            f"[fragility {prec}] success {rows[-1]['k']}/{rows[-1]['n']}, {rows[-1]['s_per_img']:.3f} s/image, "
+            f"mean queries {rows[-1]['queries']:.0f}, max changed pixels {r['max_l0']}",
+            flush=True,
+        )
 
     peers = make_peers(model, args)
     for name in peers:
@@ -319,8 +375,11 @@ def main(argv: list[str] | None = None) -> int:
             r["queries"].append(net.images - before_img)
             r["forward_seconds"] += net.seconds - before_s
             s = summarize(name, r)
-            print(f"[{name}] {i + 1}/{len(x)} image {ids[i]}: success={int(ok)} queries={r['queries'][-1]} "
-                  f"| so far {s['k']}/{s['n']} {s['rate']:.0%}, {s['s_per_img']:.1f} s/image", flush=True)  # fmt: skip
+            print(
+                f"[{name}] {i + 1}/{len(x)} image {ids[i]}: success={int(ok)} queries={r['queries'][-1]} "
+                f"| so far {s['k']}/{s['n']} {s['rate']:.0%}, {s['s_per_img']:.1f} s/image",
+                flush=True,
+            )
         if (i + 1) % 10 == 0 and i + 1 < len(x):
             print(table(rows + [summarize(nm, results[nm]) for nm in peers], raw), flush=True)
     rows += [summarize(nm, results[nm]) for nm in peers]

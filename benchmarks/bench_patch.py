@@ -43,9 +43,9 @@ def main() -> None:
     from art.estimators.classification import PyTorchClassifier
 
     from fragility.attacks.patch import Patch, quantize
-    from fragility.benchmarks.data import Npz
     from fragility.benchmarks.metrics import wilson_interval
     from fragility.benchmarks.patch_figures import score_areas
+    from fragility.datasets import Npz
     from fragility.models.cifar_resnet import CIFAR10_CLASSES, build
 
     shared = Path(args.shared)
@@ -63,20 +63,40 @@ def main() -> None:
     scale = (0.8, 1.2)
 
     # fragility
-    ours = Patch(target=args.target, area=args.area, shape="square", rotation=22.5, scale=scale, steps=args.steps,
-                 batch_size=args.batch, lr=args.lr, seed=args.seed)  # fmt: skip
+    ours = Patch(
+        target=args.target,
+        area=args.area,
+        shape="square",
+        rotation=22.5,
+        scale=scale,
+        steps=args.steps,
+        batch_size=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+    )
     Patch(target=args.target, area=args.area, steps=2, batch_size=args.batch).fit(model, x_train, y_train)  # warm-up
     t0 = time.perf_counter()
     ours.fit(model, x_train, y_train)
     t_ours = (time.perf_counter() - t0) / args.steps
 
     # ART, same model, images, steps (one epoch of steps * batch images), optimizer, lr, rotation, area range
-    clf = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=(3, 32, 32), nb_classes=10,
-                            clip_values=(0.0, 1.0))  # fmt: skip
-    art = AdversarialPatchPyTorch(clf, rotation_max=22.5, scale_min=math.sqrt(args.area * scale[0]),
-                                  scale_max=math.sqrt(args.area * scale[1]), learning_rate=args.lr, max_iter=1,
-                                  batch_size=args.batch, patch_shape=(3, 32, 32), patch_type="square",
-                                  optimizer="Adam", targeted=True, verbose=False)  # fmt: skip
+    clf = PyTorchClassifier(
+        model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=(3, 32, 32), nb_classes=10, clip_values=(0.0, 1.0)
+    )
+    art = AdversarialPatchPyTorch(
+        clf,
+        rotation_max=22.5,
+        scale_min=math.sqrt(args.area * scale[0]),
+        scale_max=math.sqrt(args.area * scale[1]),
+        learning_rate=args.lr,
+        max_iter=1,
+        batch_size=args.batch,
+        patch_shape=(3, 32, 32),
+        patch_type="square",
+        optimizer="Adam",
+        targeted=True,
+        verbose=False,
+    )
     y_onehot = np.eye(10, dtype=np.float32)[np.full(len(x_train), tgt)]
     art.generate(x=x_train[: 2 * args.batch].numpy(), y=y_onehot[: 2 * args.batch])  # warm-up, then a fresh patch
     art.reset_patch(0.5)
@@ -102,9 +122,11 @@ def main() -> None:
     m = int(keep_t.sum())
     lo, hi = wilson_interval(k, m)
 
-    print(f"\nadversarial patch, resnet{args.depth}, target {args.target}, area {args.area:.0%}, {args.steps} steps x "
-          f"{args.batch} images, Adam lr {args.lr}, {args.threads} thread(s); held-out: {m} correctly classified "
-          f"CIFAR-10 test images (not {args.target})\n")  # fmt: skip
+    print(
+        f"\nadversarial patch, resnet{args.depth}, target {args.target}, area {args.area:.0%}, {args.steps} steps x "
+        f"{args.batch} images, Adam lr {args.lr}, {args.threads} thread(s); held-out: {m} correctly classified "
+        f"CIFAR-10 test images (not {args.target})\n"
+    )
     print("| method | s / step | speed-up | targeted success (fragility evaluator) [95% CI] |")
     print("| --- | --- | --- | --- |")
     for name, sec, s, lo_, hi_, n in rows:

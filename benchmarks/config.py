@@ -9,7 +9,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from fragility.attacks.budget import parse_number
+from fragility.budget import parse_number
 from fragility.errors import ConfigError, FragilityError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from fragility.attacks.budget import format_number
 from fragility.benchmarks.leaderboard import _atomic_write, _fmt, html_page
 from fragility.benchmarks.record import RunRecord
+from fragility.budget import format_number
 
 KEYS = ["model", "dataset", "defense"]
 
@@ -41,7 +41,9 @@ def defense_leaderboard(records: list[RunRecord]) -> pd.DataFrame:
     robust_cols: list[str] = []
     for r in sorted(records, key=lambda r: (r.attack, r.params, r.variant != "standard")):
         key = (r.model, r.dataset, r.defense)
-        row = rows.setdefault(key, {"model": r.model, "dataset": r.dataset, "defense": r.defense, "n": r.n, "clean_acc": r.clean_acc})
+        row = rows.setdefault(
+            key, {"model": r.model, "dataset": r.dataset, "defense": r.defense, "n": r.n, "clean_acc": r.clean_acc}
+        )
         if r.variant == "standard" or math.isnan(row["clean_acc"]):
             row["clean_acc"] = r.clean_acc
         col = f"{r.attack} {r.params}" + ("" if r.variant == "standard" else f" [{r.variant}]")
@@ -65,7 +67,6 @@ def defense_leaderboard(records: list[RunRecord]) -> pd.DataFrame:
     df = df[ordered]
     sort = [*KEYS[:2]] + (worst[:1] if worst else [])
     return df.sort_values(sort, kind="stable", na_position="last").reset_index(drop=True)
-
 
 
 def render_markdown(board: pd.DataFrame) -> str:

@@ -58,12 +58,18 @@ def attribution_map(
         if method == "gradient":
             a = Saliency(model).attribute(x, target=target, abs=True).amax(1)
         elif method == "smoothgrad":
-            a = NoiseTunnel(Saliency(model)).attribute(
-                x, nt_type="smoothgrad", nt_samples=smooth_samples, stdevs=smooth_std, target=target, abs=True
-            ).amax(1)
+            a = (
+                NoiseTunnel(Saliency(model))
+                .attribute(x, nt_type="smoothgrad", nt_samples=smooth_samples, stdevs=smooth_std, target=target, abs=True)
+                .amax(1)
+            )
         elif method == "integrated_gradients":
-            a = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=target, n_steps=ig_steps,
-                                                     internal_batch_size=max(len(x), 64)).abs().sum(1)  # fmt: skip
+            a = (
+                IntegratedGradients(model)
+                .attribute(x, baselines=torch.zeros_like(x), target=target, n_steps=ig_steps, internal_batch_size=max(len(x), 64))
+                .abs()
+                .sum(1)
+            )
         else:
             cam = LayerGradCam(model, layer if layer is not None else last_conv(model))
             a = cam.attribute(x, target=target, relu_attributions=True)
@@ -71,7 +77,9 @@ def attribution_map(
     return a.detach()
 
 
-def explain(model: nn.Module, images: torch.Tensor, methods: Sequence[str] = METHODS, **kw) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def explain(
+    model: nn.Module, images: torch.Tensor, methods: Sequence[str] = METHODS, **kw
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Maps for the model's predicted class of each image; returns (maps, pred, conf)."""
     with torch.no_grad():
         p = torch.softmax(model(images).float(), 1)
@@ -170,10 +178,26 @@ def explain_figures(ctx, attack) -> dict[str, Path]:
     head = f"{model.name} / {attack.name} {attack.describe()}" + (" (gradients: BPDA/EOT through the defense)" if wrapped else "")
     sal = [m for m in METHODS if m != "gradcam"]
     figs = {
-        "explain_saliency": explain_panel(clean.cpu(), adv.cpu(), {m: cm[m] for m in sal}, {m: am[m] for m in sal}, ct, at,
-                                          ctx.run_dir / "explain_saliency.png", title=f"{head}: where the network looks"),
-        "explain_gradcam": explain_panel(clean.cpu(), adv.cpu(), {"gradcam": cm["gradcam"]}, {"gradcam": am["gradcam"]},
-                                         ct, [f"{t}\nCAM overlap {float(o):.2f}" for t, o in zip(at, overlap)],
-                                         ctx.run_dir / "explain_gradcam.png", overlay=True, title=f"{head}: Grad-CAM"),
-    }  # fmt: skip
+        "explain_saliency": explain_panel(
+            clean.cpu(),
+            adv.cpu(),
+            {m: cm[m] for m in sal},
+            {m: am[m] for m in sal},
+            ct,
+            at,
+            ctx.run_dir / "explain_saliency.png",
+            title=f"{head}: where the network looks",
+        ),
+        "explain_gradcam": explain_panel(
+            clean.cpu(),
+            adv.cpu(),
+            {"gradcam": cm["gradcam"]},
+            {"gradcam": am["gradcam"]},
+            ct,
+            [f"{t}\nCAM overlap {float(o):.2f}" for t, o in zip(at, overlap)],
+            ctx.run_dir / "explain_gradcam.png",
+            overlay=True,
+            title=f"{head}: Grad-CAM",
+        ),
+    }
     return figs

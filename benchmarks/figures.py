@@ -8,8 +8,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
 
 def _show(ax, img: torch.Tensor) -> None:
@@ -48,7 +48,7 @@ def adversarial_grid(
     """Save a 3-row grid (clean, adversarial, perturbation scaled to full range) for ``k`` samples."""
     k = min(k, len(clean))
     fig, axes = plt.subplots(3, k, figsize=(1.7 * k, 5.6), squeeze=False)
-    name = lambda i: class_names[int(i)] if 0 <= int(i) < len(class_names) else str(int(i))  # noqa: E731
+    name = lambda i: class_names[int(i)] if 0 <= int(i) < len(class_names) else str(int(i))
     for j in range(k):
         delta = (adv[j] - clean[j]).float()
         scale = delta.abs().max().clamp_min(1e-12)

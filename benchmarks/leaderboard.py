@@ -16,14 +16,31 @@ from pathlib import Path
 
 import pandas as pd
 
-from fragility.attacks.budget import format_number
 from fragility.benchmarks.record import RunRecord
+from fragility.budget import format_number
 
 COLUMNS = [
-    "model", "dataset", "defense", "attack", "variant", "params", "split", "n", "clean_acc", "robust_acc",
-    "success_rate", "success_ci_low", "success_ci_high", "mean_queries", "mean_linf", "mean_l2",
-    "mean_l0", "seconds", "seed", "config_hash",
-]  # fmt: skip
+    "model",
+    "dataset",
+    "defense",
+    "attack",
+    "variant",
+    "params",
+    "split",
+    "n",
+    "clean_acc",
+    "robust_acc",
+    "success_rate",
+    "success_ci_low",
+    "success_ci_high",
+    "mean_queries",
+    "mean_linf",
+    "mean_l2",
+    "mean_l0",
+    "seconds",
+    "seed",
+    "config_hash",
+]
 
 
 def leaderboard(records: list[RunRecord]) -> pd.DataFrame:
@@ -41,7 +58,8 @@ def summary(records: list[RunRecord]) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=cols)
     df["threat"] = [
-        f"{n} {format_number(e)}" if not (isinstance(e, float) and math.isnan(e)) else str(n) for n, e in zip(df["norm"], df["eps"])
+        f"{n} {format_number(e)}" if not (isinstance(e, float) and math.isnan(e)) else str(n)
+        for n, e in zip(df["norm"], df["eps"])
     ]
     out = []
     for key, g in df.groupby(["model", "dataset", "defense", "threat"], sort=True):
@@ -80,7 +98,8 @@ def _links(records: list[RunRecord], out_dir: Path) -> dict[str, list[str]]:
 def render_html(board: pd.DataFrame, summ: pd.DataFrame, links: dict[str, list[str]]) -> str:
     b = _fmt(board)
     b["pictures"] = [
-        " ".join(f'<a href="{html.escape(p)}">{html.escape(Path(p).stem)}</a>' for p in links.get(h, [])) for h in board["config_hash"]
+        " ".join(f'<a href="{html.escape(p)}">{html.escape(Path(p).stem)}</a>' for p in links.get(h, []))
+        for h in board["config_hash"]
     ]
     body = (
         f"<h2>Worst case per model and budget</h2>{_fmt(summ).to_html(index=False, escape=True)}"
@@ -122,5 +141,17 @@ def terminal_table(records: list[RunRecord]) -> str:
     board = leaderboard(records)
     if board.empty:
         return "(no runs yet)"
-    cols = ["model", "dataset", "defense", "attack", "params", "n", "clean_acc", "robust_acc", "success_rate", "mean_queries", "seconds"]
+    cols = [
+        "model",
+        "dataset",
+        "defense",
+        "attack",
+        "params",
+        "n",
+        "clean_acc",
+        "robust_acc",
+        "success_rate",
+        "mean_queries",
+        "seconds",
+    ]
     return _fmt(board[cols]).to_string(index=False)

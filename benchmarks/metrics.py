@@ -47,7 +47,7 @@ def compute_metrics(samples: pd.DataFrame) -> dict[str, float]:
     m = int(attacked.sum())
     lo, hi = wilson_interval(k, m)
     sub = samples[attacked]
-    mean = lambda c: float(sub[c].mean()) if m else math.nan  # noqa: E731
+    mean = lambda c: float(sub[c].mean()) if m else math.nan
     return {
         "n": n,
         "clean_acc": float(correct.mean()) if n else math.nan,

@@ -37,8 +37,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from fragility.attacks.patch import Patch
-    from fragility.benchmarks.data import Npz
     from fragility.benchmarks.patch_figures import score_areas
+    from fragility.datasets import Npz
     from fragility.models.cifar_resnet import CIFAR10_CLASSES, build
 
     shared = Path(args.shared)
@@ -62,17 +62,27 @@ def main() -> None:
     if args.steps:
         rows, t0 = [], time.perf_counter()
         for a in args.areas:
-            tuned = Patch(target=base.target, area=a, shape=base.shape, rotation=base.rotation, scale=base.scale,
-                          steps=args.steps, batch_size=base.info.get("batch_size", 64), lr=base.info.get("lr", 0.05),
-                          seed=args.seed)  # fmt: skip
+            tuned = Patch(
+                target=base.target,
+                area=a,
+                shape=base.shape,
+                rotation=base.rotation,
+                scale=base.scale,
+                steps=args.steps,
+                batch_size=base.info.get("batch_size", 64),
+                lr=base.info.get("lr", 0.05),
+                seed=args.seed,
+            )
             tuned.fit(models[args.depth], train, init=base.patch)
             rows.append(score_areas(tuned, models[args.depth], x, y, [a]))
         tables[f"fine-tuned per area (+{args.steps} steps)"] = pd.concat(rows, ignore_index=True)
         print(f"fine-tuning: {time.perf_counter() - t0:.0f}s for {len(args.areas)} areas, {args.threads} thread(s)")
 
-    print(f"\npatch -> {base.target} ({base.shape}, trained at {base.area:.0%} on {base.info.get('model')} / "
-          f"{base.info.get('train_data')}, {base.info.get('steps')} steps); held-out: CIFAR-10 test, {args.n_test} drawn, "
-          f"correctly classified, not {base.target}\n")  # fmt: skip
+    print(
+        f"\npatch -> {base.target} ({base.shape}, trained at {base.area:.0%} on {base.info.get('model')} / "
+        f"{base.info.get('train_data')}, {base.info.get('steps')} steps); held-out: CIFAR-10 test, {args.n_test} drawn, "
+        f"correctly classified, not {base.target}\n"
+    )
     names = list(tables)
     print("| area | " + " | ".join(f"{n}: targeted [95% CI] / untargeted" for n in names) + " |")
     print("| --- " * (len(names) + 1) + "|")
@@ -80,7 +90,9 @@ def main() -> None:
         cells = []
         for n in names:
             r = tables[n].iloc[i]
-            cells.append(f"{r.targeted:.1%} [{r.targeted_ci_low:.1%}, {r.targeted_ci_high:.1%}] / {r.untargeted:.1%} (n={int(r.n)})")
+            cells.append(
+                f"{r.targeted:.1%} [{r.targeted_ci_low:.1%}, {r.targeted_ci_high:.1%}] / {r.untargeted:.1%} (n={int(r.n)})"
+            )
         print(f"| {a:.0%} | " + " | ".join(cells) + " |")
     out = Path(args.out)
     pd.concat([t.assign(curve=n) for n, t in tables.items()]).to_csv(out.with_suffix(".csv"), index=False)

@@ -7,17 +7,18 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
 
-from fragility.benchmarks.figures import _show, save_figure  # noqa: E402
-from fragility.benchmarks.metrics import wilson_interval  # noqa: E402
+from fragility.benchmarks.figures import _show, save_figure
+from fragility.benchmarks.metrics import wilson_interval
 
 
 @torch.inference_mode()
-def score_areas(attack, model, images: torch.Tensor, labels: torch.Tensor, areas, batch_size: int = 256,
-                device: torch.device | str = "cpu") -> pd.DataFrame:  # fmt: skip
+def score_areas(
+    attack, model, images: torch.Tensor, labels: torch.Tensor, areas, batch_size: int = 256, device: torch.device | str = "cpu"
+) -> pd.DataFrame:
     """Targeted and untargeted success of ``attack``'s patch pasted at each area (random location and
     rotation per image) on ``images`` whose label is not the target. One row per area."""
     tgt = model.class_index(attack.target) if hasattr(model, "class_index") else int(attack.target)
@@ -32,8 +33,16 @@ def score_areas(attack, model, images: torch.Tensor, labels: torch.Tensor, areas
         pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
         m, kt, ku = len(pred), int((pred == tgt).sum()), int((pred != labels).sum())
         lo, hi = wilson_interval(kt, m)
-        rows.append({"area": float(a), "n": m, "targeted": kt / m if m else float("nan"), "targeted_ci_low": lo,
-                     "targeted_ci_high": hi, "untargeted": ku / m if m else float("nan")})  # fmt: skip
+        rows.append(
+            {
+                "area": float(a),
+                "n": m,
+                "targeted": kt / m if m else float("nan"),
+                "targeted_ci_low": lo,
+                "targeted_ci_high": hi,
+                "untargeted": ku / m if m else float("nan"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -96,6 +105,8 @@ def patched_grid(attack, ctx, path: str | Path, k: int = 16) -> Path:
             continue
         _show(ax, adv[j])
         hit = names[int(pred[j])] == str(attack.target) or int(pred[j]) == ctx.model.class_index(attack.target)
-        ax.set_title(f"{names[int(y[j])]} -> {names[int(pred[j])]} {conf[j]:.0%}", fontsize=6, color="crimson" if hit else "black")
+        ax.set_title(
+            f"{names[int(y[j])]} -> {names[int(pred[j])]} {conf[j]:.0%}", fontsize=6, color="crimson" if hit else "black"
+        )
     fig.suptitle(f"{ctx.model.name}: patch -> {attack.target}, area {attack.area:.0%} (red: target reached)", fontsize=8)
     return save_figure(fig, path, dpi=110)

@@ -100,4 +100,3 @@ SAMPLE_COLUMNS = {
     "l2": "REAL",
     "l0": "REAL",
 }
-

@@ -34,9 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from fragility.attacks.base import AttackResult
-from fragility.attacks.rng import mix64
 from fragility.benchmarks.config import safe_instantiate
-from fragility.benchmarks.data import ImageSet
 from fragility.benchmarks.figures import adversarial_grid
 from fragility.benchmarks.leaderboard import write_leaderboards
 from fragility.benchmarks.metrics import compute_metrics, perturbation_norms
@@ -44,8 +42,10 @@ from fragility.benchmarks.provenance import config_hash, now, versions
 from fragility.benchmarks.record import RunRecord
 from fragility.benchmarks.store import ResultStore
 from fragility.benchmarks.wandb_logger import NullLogger
+from fragility.datasets import ImageSet, align_labels
 from fragility.defenses.base import set_adaptive
-from fragility.errors import ConfigError, DataError, InputError
+from fragility.errors import ConfigError, InputError
+from fragility.rng import mix64
 
 log = logging.getLogger(__name__)
 N_EXAMPLES = 8
@@ -88,31 +88,6 @@ def _check_top_level(cfg: DictConfig) -> tuple[int, int, int]:
     if bs <= 0:
         raise ConfigError(f"batch_size must be positive, got {bs}")
     return n, seed, bs
-
-
-def align_labels(data: ImageSet, class_names: list[str]) -> ImageSet:
-    """Map a dataset's labels onto the model's classes when their names differ (e.g. an
-    ImageFolder of a few ImageNet classes scored by a 1000-class model)."""
-    if list(data.class_names) == list(class_names):
-        return data
-    lookup = {c.lower(): i for i, c in enumerate(class_names)}
-    mapping = []
-    for c in data.class_names:
-        key = c.lower().replace("_", " ")
-        if key in lookup or c.lower() in lookup:
-            mapping.append(lookup.get(key, lookup.get(c.lower())))
-        elif c.isdigit() and int(c) < len(class_names):
-            mapping.append(int(c))
-        else:
-            mapping = []
-            break
-    if mapping:
-        data.y = torch.tensor(mapping, dtype=torch.long)[data.y]
-        data.class_names = list(class_names)
-        return data
-    if len(data.class_names) == len(class_names):
-        return data  # same number of classes under other names: trust the indices
-    raise DataError(f"dataset {data.name} has {len(data.class_names)} classes that do not match the model's {len(class_names)}")
 
 
 @torch.inference_mode()
@@ -170,7 +145,9 @@ def run(cfg: DictConfig) -> RunRecord:
     if all(store.has(h) for h in hashes.values()) and not force:
         recs = [store.get(h) for h in hashes.values()]
         for rec in recs:
-            print(f"[fragility] {rec.model} / {rec.attack} {rec.params}{_vtag(rec)}: already in {store.path} (config {rec.config_hash}); force=true re-runs it")
+            print(
+                f"[fragility] {rec.model} / {rec.attack} {rec.params}{_vtag(rec)}: already in {store.path} (config {rec.config_hash}); force=true re-runs it"
+            )
         write_leaderboards(store.records(), results_dir)
         return worst_record(recs)
 
@@ -200,15 +177,35 @@ def run(cfg: DictConfig) -> RunRecord:
             continue
         set_adaptive(model, variant == "adaptive")
         try:
-            rec = _score_variant(cfg, resolved, h, variant, model, defense, data, attack, clean_pred, clean_conf,
-                                 certified, store, results_dir, device, seed, batch_size, progress, allowed)  # fmt: skip
+            rec = _score_variant(
+                cfg,
+                resolved,
+                h,
+                variant,
+                model,
+                defense,
+                data,
+                attack,
+                clean_pred,
+                clean_conf,
+                certified,
+                store,
+                results_dir,
+                device,
+                seed,
+                batch_size,
+                progress,
+                allowed,
+            )
         finally:
             set_adaptive(model, False)
         records.append(rec)
     write_leaderboards(store.records(), results_dir)
     if len(records) > 1:
         w = worst_record(records)
-        print(f"[fragility] {w.defense}: reported robust accuracy (worst of {', '.join(r.variant for r in records)}) {w.robust_acc:.1%} ({w.variant})")
+        print(
+            f"[fragility] {w.defense}: reported robust accuracy (worst of {', '.join(r.variant for r in records)}) {w.robust_acc:.1%} ({w.variant})"
+        )
     return worst_record(records)
 
 
@@ -229,12 +226,37 @@ def _certify(model, data: ImageSet, batch_size: int, device: torch.device, progr
     from fragility.defenses.smoothing import certified_accuracy
 
     out = certified_accuracy(torch.cat(preds), torch.cat(radii), data.y, d.radii)
-    print("[fragility] " + model.name + " / " + d.label() + ": " + "  ".join(f"{k} {v:.1%}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items()))
+    print(
+        "[fragility] "
+        + model.name
+        + " / "
+        + d.label()
+        + ": "
+        + "  ".join(f"{k} {v:.1%}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items())
+    )
     return out
 
 
-def _score_variant(cfg, resolved, h, variant, model, defense, data, attack, clean_pred, clean_conf, certified,
-                   store, results_dir, device, seed, batch_size, progress, allowed) -> RunRecord:  # fmt: skip
+def _score_variant(
+    cfg,
+    resolved,
+    h,
+    variant,
+    model,
+    defense,
+    data,
+    attack,
+    clean_pred,
+    clean_conf,
+    certified,
+    store,
+    results_dir,
+    device,
+    seed,
+    batch_size,
+    progress,
+    allowed,
+) -> RunRecord:
     """Attack the initially correct samples once (in the model's current variant), write the record."""
     defense_name = defense.label() if defense is not None else str((cfg.get("defense") or {}).get("name", "none"))
     if hasattr(attack, "prepare"):
@@ -283,23 +305,45 @@ def _score_variant(cfg, resolved, h, variant, model, defense, data, attack, clea
     vers = versions()
     eps = attack.budget
     record = RunRecord(
-        config_hash=h, model=model.name, dataset=data.name, defense=defense_name, attack=attack.name,
-        params=attack.describe(), norm=str(attack.norm or "none"), eps=float("nan") if eps is None else float(eps),
-        targeted=attack.targeted, n=metrics["n"], clean_acc=metrics["clean_acc"], robust_acc=metrics["robust_acc"],
-        n_attacked=metrics["n_attacked"], success_rate=metrics["success_rate"], success_ci_low=metrics["success_ci_low"],
-        success_ci_high=metrics["success_ci_high"], mean_queries=metrics["mean_queries"], mean_linf=metrics["mean_linf"],
-        mean_l2=metrics["mean_l2"], mean_l0=metrics["mean_l0"], mean_conf=metrics["mean_conf"],
-        mean_true_conf=metrics["mean_true_conf"], seconds=seconds, seed=seed, device=str(device), timestamp=now(),
-        split=str(extra.pop("split", "test")), variant=variant, config_json=json.dumps(resolved, default=str),
-        extra_json=json.dumps(extra, default=str), **vers,
-    )  # fmt: skip
+        config_hash=h,
+        model=model.name,
+        dataset=data.name,
+        defense=defense_name,
+        attack=attack.name,
+        params=attack.describe(),
+        norm=str(attack.norm or "none"),
+        eps=float("nan") if eps is None else float(eps),
+        targeted=attack.targeted,
+        n=metrics["n"],
+        clean_acc=metrics["clean_acc"],
+        robust_acc=metrics["robust_acc"],
+        n_attacked=metrics["n_attacked"],
+        success_rate=metrics["success_rate"],
+        success_ci_low=metrics["success_ci_low"],
+        success_ci_high=metrics["success_ci_high"],
+        mean_queries=metrics["mean_queries"],
+        mean_linf=metrics["mean_linf"],
+        mean_l2=metrics["mean_l2"],
+        mean_l0=metrics["mean_l0"],
+        mean_conf=metrics["mean_conf"],
+        mean_true_conf=metrics["mean_true_conf"],
+        seconds=seconds,
+        seed=seed,
+        device=str(device),
+        timestamp=now(),
+        split=str(extra.pop("split", "test")),
+        variant=variant,
+        config_json=json.dumps(resolved, default=str),
+        extra_json=json.dumps(extra, default=str),
+        **vers,
+    )
     store.write(record, samples)
 
     logger = safe_instantiate(cfg.logger, allowed) if cfg.get("logger") is not None else NullLogger()
     try:
         suffix = "" if variant == "standard" else f"-{variant}"
         logger.start(resolved, name=f"{record.model}-{record.attack}{suffix}-{h[:8]}", results_dir=results_dir)
-        logger.log_run(metrics, _row(record), {k: p for k, p in ctx.figures.items()})
+        logger.log_run(metrics, _row(record), dict(ctx.figures.items()))
         if defense is not None:
             from fragility.benchmarks.defense_leaderboard import defense_leaderboard, log_wandb_table
 
@@ -332,12 +376,21 @@ def _samples_frame(data, clean_pred, attacked, result, targets_all, norms) -> pd
     target = targets_all if targets_all is not None else torch.full((n,), -1, dtype=torch.long)
     return pd.DataFrame(
         {
-            "i": np.arange(n), "sample_id": data.ids.numpy(), "label": data.y.numpy(), "clean_pred": clean_pred.numpy(),
-            "adv_pred": adv_pred.numpy(), "target": target.numpy(), "success": success.numpy().astype(int),
-            "queries": queries.numpy(), "pred_conf": pred_conf.numpy(), "true_conf": true_conf.numpy(),
-            "linf": norms["linf"], "l2": norms["l2"], "l0": norms["l0"],
+            "i": np.arange(n),
+            "sample_id": data.ids.numpy(),
+            "label": data.y.numpy(),
+            "clean_pred": clean_pred.numpy(),
+            "adv_pred": adv_pred.numpy(),
+            "target": target.numpy(),
+            "success": success.numpy().astype(int),
+            "queries": queries.numpy(),
+            "pred_conf": pred_conf.numpy(),
+            "true_conf": true_conf.numpy(),
+            "linf": norms["linf"],
+            "l2": norms["l2"],
+            "l0": norms["l0"],
         }
-    )  # fmt: skip
+    )
 
 
 def _figures(ctx: RunContext, attack) -> dict[str, Path]:
@@ -349,9 +402,17 @@ def _figures(ctx: RunContext, attack) -> dict[str, Path]:
         conf, pred = p.max(1)
         idx = ex["idx"]
         figs["examples"] = adversarial_grid(
-            ex["clean"], ex["adv"], ex["labels"], ctx.clean_pred[idx], ctx.clean_conf[idx], pred, conf,
-            ctx.model.class_names, ctx.run_dir / "examples.png", title=f"{ctx.model.name} / {attack.name} {attack.describe()}",
-        )  # fmt: skip
+            ex["clean"],
+            ex["adv"],
+            ex["labels"],
+            ctx.clean_pred[idx],
+            ctx.clean_conf[idx],
+            pred,
+            conf,
+            ctx.model.class_names,
+            ctx.run_dir / "examples.png",
+            title=f"{ctx.model.name} / {attack.name} {attack.describe()}",
+        )
     if hasattr(attack, "figures"):
         figs.update(attack.figures(ctx) or {})
     if ctx.cfg.get("explain", False):

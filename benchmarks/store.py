@@ -51,7 +51,9 @@ class ResultStore:
     def has(self, config_hash: str) -> bool:
         con = self._connect()
         try:
-            return con.execute("SELECT 1 FROM runs WHERE config_hash = ? AND status = 'done'", (config_hash,)).fetchone() is not None
+            return (
+                con.execute("SELECT 1 FROM runs WHERE config_hash = ? AND status = 'done'", (config_hash,)).fetchone() is not None
+            )
         finally:
             con.close()
 

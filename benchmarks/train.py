@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from fragility.attacks.budget import parse_budget
+from fragility.budget import parse_budget
 from fragility.errors import CheckpointError, ConfigError, DataError, FragilityError
 
 log = logging.getLogger(__name__)
@@ -70,12 +70,12 @@ def load_train_data(spec: str, val_size: int, seed: int, max_train: int | None =
     """``digits`` (the fixed digits train split) or a path to an npz (x uint8 NHWC, y). A seeded
     slice of ``val_size`` images is held out for the per-epoch evaluation."""
     if str(spec) == "digits":
-        from fragility.benchmarks.digits import digits_arrays
+        from fragility.datasets.digits import digits_arrays
 
         x, y = digits_arrays("train")
         xt, yt, name = torch.from_numpy(x), torch.from_numpy(y), "digits-train"
     else:
-        from fragility.benchmarks.data import Npz
+        from fragility.datasets import Npz
 
         s = Npz(str(spec)).load(None, 0)
         xt, yt, name = s.x, s.y, s.name
@@ -112,7 +112,9 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return p[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], iy, ix]
 
 
-def adversarial_batch(model, x: torch.Tensor, y: torch.Tensor, cfg: DictConfig, eps: float, alpha: float, g: torch.Generator) -> torch.Tensor:
+def adversarial_batch(
+    model, x: torch.Tensor, y: torch.Tensor, cfg: DictConfig, eps: float, alpha: float, g: torch.Generator
+) -> torch.Tensor:
     """Training examples for the recipe (model in training mode, as in both papers' code)."""
     if cfg.recipe == "gaussian":
         return x + torch.randn(x.shape, generator=g).mul_(float(cfg.noise_sigma)).to(x.device)
@@ -196,7 +198,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     data = load_train_data(str(cfg.train_data), int(cfg.val_size), seed, cfg.get("max_train"))
     if tuple(data.x.shape[1:]) != tuple(model.input_size):
         raise DataError(f"{data.name} has {tuple(data.x.shape[1:])} images but {model.name} expects {model.input_size}")
-    opt = torch.optim.SGD(model.net.parameters(), lr=0.0, momentum=float(cfg.momentum), weight_decay=float(cfg.weight_decay), nesterov=False)
+    opt = torch.optim.SGD(
+        model.net.parameters(), lr=0.0, momentum=float(cfg.momentum), weight_decay=float(cfg.weight_decay), nesterov=False
+    )
     steps_per_epoch = math.ceil(len(data.y) / bs)
     total = epochs * steps_per_epoch
     start_epoch, history = 0, []
@@ -204,7 +208,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if ckpt.is_file() and cfg.resume:
         state = load_checkpoint(ckpt)
         if state.get("recipe") != cfg.recipe or int(state.get("total_steps", -1)) != total:
-            raise CheckpointError(f"{ckpt} belongs to another training (recipe/epochs/data differ); use a new out_dir or resume=false")
+            raise CheckpointError(
+                f"{ckpt} belongs to another training (recipe/epochs/data differ); use a new out_dir or resume=false"
+            )
         model.net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, history = int(state["epoch"]), json.loads(state["history"])
@@ -244,19 +250,36 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model.eval()
         train_s = time.perf_counter() - t0
         clean, robust = evaluate(model, data.x_val, data.y_val, eps, int(cfg.eval_pgd_steps), 256, device)
-        row = {"epoch": epoch + 1, "train_loss": tot_loss / seen, "train_acc": tot_ok / seen, "val_clean_acc": clean,
-               "val_pgd_acc": robust, "train_seconds": train_s, "eval_seconds": time.perf_counter() - t0 - train_s}  # fmt: skip
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": tot_loss / seen,
+            "train_acc": tot_ok / seen,
+            "val_clean_acc": clean,
+            "val_pgd_acc": robust,
+            "train_seconds": train_s,
+            "eval_seconds": time.perf_counter() - t0 - train_s,
+        }
         history.append(row)
-        state = {"model": model.net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1, "recipe": str(cfg.recipe),
-                 "total_steps": total, "history": json.dumps(history)}  # fmt: skip
+        state = {
+            "model": model.net.state_dict(),
+            "optimizer": opt.state_dict(),
+            "epoch": epoch + 1,
+            "recipe": str(cfg.recipe),
+            "total_steps": total,
+            "history": json.dumps(history),
+        }
         _atomic_save(state, ckpt)
         _atomic_save(model.net.state_dict(), out / "model.pt")
         print(
             f"[fragility-train] epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.3f} train acc {row['train_acc']:.1%}  "
-            f"held-out clean {clean:.1%}  " + (f"PGD-{cfg.eval_pgd_steps} {robust:.1%}  " if eps > 0 and int(cfg.eval_pgd_steps) > 0 else "") + f"({train_s:.0f}s train, {row['eval_seconds']:.0f}s eval)",
+            f"held-out clean {clean:.1%}  "
+            + (f"PGD-{cfg.eval_pgd_steps} {robust:.1%}  " if eps > 0 and int(cfg.eval_pgd_steps) > 0 else "")
+            + f"({train_s:.0f}s train, {row['eval_seconds']:.0f}s eval)",
             flush=True,
         )
-    (out / "history.json").write_text(json.dumps({"config": OmegaConf.to_container(cfg, resolve=True), "history": history}, indent=1, default=str))
+    (out / "history.json").write_text(
+        json.dumps({"config": OmegaConf.to_container(cfg, resolve=True), "history": history}, indent=1, default=str)
+    )
     model.eval()
     return {"model": model, "history": history, "checkpoint": out / "model.pt", "state": ckpt}
 

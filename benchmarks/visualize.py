@@ -28,9 +28,9 @@ from torch import nn
 
 from fragility.attacks.ascent import ascend, check_policy
 from fragility.attacks.priors import Prior, build_priors, preset
-from fragility.attacks.rng import SampleRNG, mix64
 from fragility.benchmarks.figures import save_figure
 from fragility.errors import ConfigError
+from fragility.rng import SampleRNG, mix64
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,19 @@ def visualize_classes(
         return model(x).gather(1, target[idx, None]).squeeze(1), None
 
     with _Frozen(model):
-        out = ascend(objective, x0, steps=s["steps"], lr=s["lr"], policy=s["policy"], max_lr=s["max_lr"],
-                     desired_prog=s["desired_prog"], priors=s["priors"], center=_center(model, x0.shape[1]), rng=rng, keep_best=keep_best)  # fmt: skip
+        out = ascend(
+            objective,
+            x0,
+            steps=s["steps"],
+            lr=s["lr"],
+            policy=s["policy"],
+            max_lr=s["max_lr"],
+            desired_prog=s["desired_prog"],
+            priors=s["priors"],
+            center=_center(model, x0.shape[1]),
+            rng=rng,
+            keep_best=keep_best,
+        )
         with torch.no_grad():
             p = torch.softmax(model(out.x).float(), 1)
     names = getattr(model, "class_names", [str(i) for i in range(p.shape[1])])
@@ -125,7 +136,9 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
         if key and key in modules:
             return modules[key]
     convs = [k.removeprefix("net.") for k, m in modules.items() if isinstance(m, nn.Conv2d)]
-    raise ConfigError(f"no layer {name!r} in {getattr(model, 'name', 'the model')} (conv layers: {', '.join(convs[:4])} ... {', '.join(convs[-3:])})")
+    raise ConfigError(
+        f"no layer {name!r} in {getattr(model, 'name', 'the model')} (conv layers: {', '.join(convs[:4])} ... {', '.join(convs[-3:])})"
+    )
 
 
 def conv_layer_names(model: nn.Module) -> list[str]:
@@ -190,8 +203,19 @@ def visualize_filters(
         bad = [c for c in units if not 0 <= c < n_out]
         if bad:
             raise ConfigError(f"layer {layer} has {n_out} channels; got channel {bad[0]}")
-        out = ascend(objective, x0, steps=s["steps"], lr=s["lr"], policy=s["policy"], max_lr=s["max_lr"],
-                     desired_prog=s["desired_prog"], priors=s["priors"], center=_center(model, x0.shape[1]), rng=rng, keep_best=keep_best)  # fmt: skip
+        out = ascend(
+            objective,
+            x0,
+            steps=s["steps"],
+            lr=s["lr"],
+            policy=s["policy"],
+            max_lr=s["max_lr"],
+            desired_prog=s["desired_prog"],
+            priors=s["priors"],
+            center=_center(model, x0.shape[1]),
+            rng=rng,
+            keep_best=keep_best,
+        )
         with torch.no_grad():
             score = channel_activation(model, mod, out.x, ch)
     titles = [f"{layer}[{c}]\nact {float(v):.3g}" for c, v in zip(units, score)]
@@ -240,7 +264,9 @@ class _Frozen:
 
 
 # ---- pictures ---------------------------------------------------------------------------------
-def image_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path, *, title: str = "", cols: int = 10, stretch: bool = False) -> Path:
+def image_grid(
+    images: torch.Tensor, titles: Sequence[str], path: str | Path, *, title: str = "", cols: int = 10, stretch: bool = False
+) -> Path:
     """Save ``images`` as a grid of small panels with titles. ``stretch`` shows each image minus
     its mean colour, scaled to fill the range (for low-contrast visualizations; say so in the caption)."""
     import matplotlib
@@ -287,12 +313,23 @@ def run_visualize(cfg: Any) -> dict[str, Path]:
     torch.manual_seed(int(cfg.seed))
     model = safe_instantiate(cfg.model, allowed).to(device).eval()
     mode = str(cfg.mode)
-    common = dict(prior=cfg.get("preset"), steps=cfg.get("steps"), lr=cfg.get("lr"), policy=cfg.get("policy"), seed=int(cfg.seed),
-                  init=str(cfg.get("init", "mean")))  # fmt: skip
+    common = dict(
+        prior=cfg.get("preset"),
+        steps=cfg.get("steps"),
+        lr=cfg.get("lr"),
+        policy=cfg.get("policy"),
+        seed=int(cfg.seed),
+        init=str(cfg.get("init", "mean")),
+    )
     if cfg.get("jitter") or cfg.get("decay") or cfg.get("blur") or cfg.get("norm_pct") or cfg.get("contrib_pct"):
-        common["priors"] = build_priors(decay=float(cfg.get("decay") or 0), blur=float(cfg.get("blur") or 0),
-                                        blur_every=int(cfg.get("blur_every") or 1), jitter=int(cfg.get("jitter") or 0),
-                                        norm_pct=float(cfg.get("norm_pct") or 0), contrib_pct=float(cfg.get("contrib_pct") or 0))  # fmt: skip
+        common["priors"] = build_priors(
+            decay=float(cfg.get("decay") or 0),
+            blur=float(cfg.get("blur") or 0),
+            blur_every=int(cfg.get("blur_every") or 1),
+            jitter=int(cfg.get("jitter") or 0),
+            norm_pct=float(cfg.get("norm_pct") or 0),
+            contrib_pct=float(cfg.get("contrib_pct") or 0),
+        )
     if mode == "class":
         classes = cfg.get("classes", "all")
         classes = classes if isinstance(classes, (str, int)) else list(classes)
@@ -307,8 +344,13 @@ def run_visualize(cfg: Any) -> dict[str, Path]:
         raise ConfigError(f"unknown mode {mode!r} (valid: class, filter)")
     out = Path(cfg.results_dir) / "visualize" / f"{getattr(model, 'name', 'model')}_{tag}_s{int(cfg.seed)}.png"
     shown = "stretched per image" if cfg.get("stretch", True) else "as is"
-    path = image_grid(vis.images, vis.titles, out, title=f"{getattr(model, 'name', '')} {mode} visualization ({tag}; {shown})",
-                      stretch=bool(cfg.get("stretch", True)))  # fmt: skip
+    path = image_grid(
+        vis.images,
+        vis.titles,
+        out,
+        title=f"{getattr(model, 'name', '')} {mode} visualization ({tag}; {shown})",
+        stretch=bool(cfg.get("stretch", True)),
+    )
     logger = safe_instantiate(cfg.logger, allowed) if cfg.get("logger") is not None else NullLogger()
     try:
         logger.start(OmegaConf.to_container(cfg, resolve=True), name=f"visualize-{tag}", results_dir=Path(cfg.results_dir))

@@ -20,7 +20,14 @@ class NullLogger:
 
 
 class WandbLogger(NullLogger):
-    def __init__(self, project: str = "fragility", entity: str | None = None, mode: str = "offline", dir: str | None = None, tags: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        project: str = "fragility",
+        entity: str | None = None,
+        mode: str = "offline",
+        dir: str | None = None,
+        tags: list[str] | None = None,
+    ) -> None:
         self.project, self.entity, self.mode, self.dir, self.tags = project, entity, mode, dir, list(tags or [])
         self.run = None
 
@@ -28,8 +35,13 @@ class WandbLogger(NullLogger):
         # W&B can fail in many ways (network, auth, service start); none may cost local results.
         try:
             return fn(*a, **kw)
-        except Exception as e:  # noqa: BLE001 - deliberately broad, see above
-            log.warning("W&B %s failed (%s: %s); local results are unaffected", what, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        except Exception as e:
+            log.warning(
+                "W&B %s failed (%s: %s); local results are unaffected",
+                what,
+                type(e).__name__,
+                str(e).splitlines()[0] if str(e) else "",
+            )
             return None
 
     def start(self, config: dict, name: str, results_dir: Path) -> None:
@@ -40,8 +52,14 @@ class WandbLogger(NullLogger):
             d.mkdir(parents=True, exist_ok=True)
             os.environ.setdefault("WANDB_SILENT", "true")
             self.run = wandb.init(
-                project=self.project, entity=self.entity, mode=self.mode, dir=str(d), name=name,
-                config=config, tags=self.tags, reinit="finish_previous",
+                project=self.project,
+                entity=self.entity,
+                mode=self.mode,
+                dir=str(d),
+                name=name,
+                config=config,
+                tags=self.tags,
+                reinit="finish_previous",
             )
 
         self._guard("init", _start)

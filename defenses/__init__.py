@@ -10,7 +10,18 @@ from fragility.defenses.checkpoint import Checkpoint
 from fragility.defenses.gaussian_noise import GaussianNoise
 from fragility.defenses.jpeg import JPEG
 from fragility.defenses.median import Median
-from fragility.defenses.smoothing import Smoothing, SmoothedClassifier
+from fragility.defenses.smoothing import SmoothedClassifier, Smoothing
 
-__all__ = ["Defense", "DefendedClassifier", "bpda", "set_adaptive", "JPEG", "BitDepth", "Median", "GaussianNoise",
-           "Smoothing", "SmoothedClassifier", "Checkpoint"]  # fmt: skip
+__all__ = [
+    "JPEG",
+    "BitDepth",
+    "Checkpoint",
+    "DefendedClassifier",
+    "Defense",
+    "GaussianNoise",
+    "Median",
+    "SmoothedClassifier",
+    "Smoothing",
+    "bpda",
+    "set_adaptive",
+]

@@ -25,13 +25,12 @@ answers with the deployed defense: one transform (one noise draw), no surrogate.
 from __future__ import annotations
 
 import math
-from abc import ABC
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from fragility.attacks.budget import format_number
+from fragility.budget import format_number
 from fragility.errors import ConfigError
 
 
@@ -42,7 +41,7 @@ def bpda(x: torch.Tensor, transformed: torch.Tensor, approximation: torch.Tensor
     return g + (transformed - g).detach()
 
 
-class Defense(ABC):
+class Defense:
     """Base class: subclasses set ``name`` and flags and implement ``transform`` (an input
     transformation) and/or override ``wrap``."""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from fragility.defenses.base import Defense, DefendedClassifier
+from fragility.defenses.base import DefendedClassifier, Defense
 from fragility.errors import ConfigError
 from fragility.models.checkpoint import load_weights
 
@@ -38,7 +38,9 @@ class Checkpoint(Defense):
         if self.path is None:
             raise ConfigError("defense=checkpoint needs defense.path (a state dict for the model's architecture)")
         if not hasattr(model, "net"):
-            raise ConfigError(f"defense=checkpoint needs a Classifier with a .net to load weights into, got {type(model).__name__}")
+            raise ConfigError(
+                f"defense=checkpoint needs a Classifier with a .net to load weights into, got {type(model).__name__}"
+            )
         clone = copy.deepcopy(model)
         load_weights(clone.net, self.path)
         return DefendedClassifier(clone.eval(), self)

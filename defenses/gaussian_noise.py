@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from fragility.attacks.budget import parse_number
+from fragility.budget import parse_number
 from fragility.defenses.base import Defense
 from fragility.errors import ConfigError
 

@@ -24,12 +24,11 @@ Example::
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from scipy.stats import beta, binomtest, norm
 
-from fragility.defenses.base import Defense, DefendedClassifier
+from fragility.defenses.base import DefendedClassifier, Defense
 from fragility.defenses.gaussian_noise import check_sigma, gaussian
 from fragility.errors import ConfigError
 
@@ -131,7 +130,5 @@ def certified_accuracy(pred: torch.Tensor, radius: torch.Tensor, labels: torch.T
     correct = (pred == labels.cpu()) & (pred >= 0)
     out = {f"certified_acc@{r:g}": float((correct & (radius >= r)).float().mean()) for r in radii}
     out["abstain_rate"] = float((pred < 0).float().mean())
-    out["certified_n"] = int(len(pred))
+    out["certified_n"] = len(pred)
     return out
-
-

@@ -11,6 +11,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-from fragility.errors import FragilityError  # noqa: E402
+from fragility.errors import FragilityError
 
 __all__ = ["FragilityError", "__version__"]

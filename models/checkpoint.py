@@ -60,7 +60,7 @@ def extract_state_dict(obj: Mapping, path: str | Path = "checkpoint") -> dict[st
     prefixes = ("module.", "model.", "_orig_mod.")
     for prefix in prefixes:
         if all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
     return tensors
 
 
@@ -82,11 +82,7 @@ def load_weights(net: nn.Module, path: str | Path, map_location: str | torch.dev
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         if shapes:
             k = shapes[0]
-            parts.append(
-                f"{len(shapes)} of another shape (e.g. {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})"
-            )
-        raise CheckpointError(
-            f"{path} does not match the {type(net).__name__} architecture: " + "; ".join(parts)
-        )
+            parts.append(f"{len(shapes)} of another shape (e.g. {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})")
+        raise CheckpointError(f"{path} does not match the {type(net).__name__} architecture: " + "; ".join(parts))
     net.load_state_dict(sd, strict=True)
     return net

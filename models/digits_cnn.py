@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fragility.benchmarks.digits import DIGITS_CLASSES, digits_arrays
+from fragility.datasets.digits import DIGITS_CLASSES, digits_arrays
 from fragility.errors import CheckpointError
 from fragility.models.checkpoint import load_weights
 from fragility.models.wrapper import Classifier

@@ -30,9 +30,7 @@ def _arch(arch: str, num_classes: int):
     if arch in torchvision.models.list_models(module=torchvision.models):
         kwargs = {"aux_logits": False, "init_weights": False} if arch == "inception_v3" else {}
         return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
-    raise ConfigError(
-        f"unknown architecture {arch!r}: use cifar_resnet<depth>, digits_cnn or a torchvision model name"
-    )
+    raise ConfigError(f"unknown architecture {arch!r}: use cifar_resnet<depth>, digits_cnn or a torchvision model name")
 
 
 def build(

@@ -54,8 +54,14 @@ def make_tiny(seed: int = 0, channels: int = 3, side: int = 8, num_classes: int 
 
     torch.manual_seed(seed)
     net = TinyNet(channels, side, num_classes)
-    return Classifier(net, mean=[0.5] * channels, std=[0.25] * channels, input_size=(channels, side, side),
-                      class_names=[f"c{i}" for i in range(num_classes)], name="tiny")  # fmt: skip
+    return Classifier(
+        net,
+        mean=[0.5] * channels,
+        std=[0.25] * channels,
+        input_size=(channels, side, side),
+        class_names=[f"c{i}" for i in range(num_classes)],
+        name="tiny",
+    )
 
 
 @pytest.fixture
@@ -80,7 +86,7 @@ def digits_model():
 
 @pytest.fixture(scope="session")
 def digits_test():
-    from fragility.benchmarks.data import Digits
+    from fragility.datasets import Digits
 
     return Digits("test").load(None, 0)
 

@@ -61,8 +61,13 @@ def outcomes(tmp_path_factory):
 
     def call(case):
         args = [a.format(tmp=tmp) for a in CASES[case][0]]
-        p = subprocess.run(["fragility", f"results_dir={results}", "logger=none", "progress=false", *args],
-                           capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+        p = subprocess.run(
+            ["fragility", f"results_dir={results}", "logger=none", "progress=false", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         return case, p
 
     MARKER.unlink(missing_ok=True)

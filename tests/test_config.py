@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import compose
 from omegaconf import OmegaConf
 
-from conftest import compose
 from fragility.benchmarks.config import CONF_DIR, GROUPS, group_options, safe_instantiate
 from fragility.errors import ConfigError
 
@@ -73,7 +73,7 @@ def test_digits_pairs_get_their_budget():
 def test_foreign_targets_refused():
     with pytest.raises(ConfigError, match="refusing to instantiate 'os.system'"):
         safe_instantiate(OmegaConf.create({"_target_": "os.system", "command": "echo hi"}))
-    nested = OmegaConf.create({"_target_": "fragility.benchmarks.data.Digits", "split": {"_target_": "subprocess.run"}})
+    nested = OmegaConf.create({"_target_": "fragility.datasets.Digits", "split": {"_target_": "subprocess.run"}})
     with pytest.raises(ConfigError):
         safe_instantiate(nested)
     ok = safe_instantiate(OmegaConf.create({"_target_": "collections.OrderedDict"}), allowed=["collections"])

@@ -9,8 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fragility.benchmarks.data import Cifar10, Digits, ImageFolder, Npz, seeded_subset
-from fragility.benchmarks.runner import align_labels
+from fragility.datasets import Cifar10, Digits, ImageFolder, Npz, align_labels, seeded_subset
 from fragility.errors import DataError
 
 
@@ -33,7 +32,7 @@ def test_npz_seeded_subset(npz):
     i = int(a.ids[0])
     assert torch.equal(a.x[0], torch.from_numpy(x[i]).permute(2, 0, 1)) and int(a.y[0]) == y[i]
     imgs = a.images()
-    assert imgs.dtype == torch.float32 and 0 <= imgs.min() and imgs.max() <= 1
+    assert imgs.dtype == torch.float32 and imgs.min() >= 0 and imgs.max() <= 1
     assert len(set(a.y.tolist())) > 1  # not all from the first class
 
 
@@ -54,7 +53,7 @@ def test_npz_errors(tmp_path, npz):
 
 
 def test_digits_split_disjoint_and_sized():
-    from fragility.benchmarks.digits import digits_arrays
+    from fragility.datasets.digits import digits_arrays
 
     xt, _ = digits_arrays("train")
     xs, _ = digits_arrays("test")
@@ -106,7 +105,7 @@ def test_cifar10_missing_says_how_to_fix(tmp_path):
 
 
 def test_align_labels_by_class_name():
-    from fragility.benchmarks.data import ImageSet
+    from fragility.datasets import ImageSet
 
     ds = ImageSet(torch.zeros(3, 3, 2, 2), torch.tensor([0, 1, 1]), torch.arange(3), ["toaster", "banana"], "f")
     model_names = [f"c{i}" for i in range(1000)]

@@ -101,7 +101,9 @@ def test_eot_averages_probabilities_over_the_configured_draws(tiny_model, tiny_b
     k = 5
     defense = GaussianNoise(sigma=0.2, eot_samples=k, seed=3)
     counter = CallCounter(tiny_model)
-    inner = Classifier(counter, mean=[0.0] * 3, std=[1.0] * 3, input_size=(3, 8, 8), class_names=tiny_model.class_names, name="tiny")
+    inner = Classifier(
+        counter, mean=[0.0] * 3, std=[1.0] * 3, input_size=(3, 8, 8), class_names=tiny_model.class_names, name="tiny"
+    )
     wrapped = defense.wrap(inner)
     set_adaptive(wrapped, True)
     xa = x.clone().requires_grad_(True)
@@ -149,8 +151,20 @@ def test_bad_parameters_raise_one_clear_line(make, message):
 
 
 def test_cli_bad_defense_parameter_is_one_line(tmp_path):
-    p = subprocess.run([sys.executable, "-c", "from fragility.benchmarks.cli import main; main()", "defense=median",
-                        "defense.kernel=4", "logger=none", f"results_dir={tmp_path}"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from fragility.benchmarks.cli import main; main()",
+            "defense=median",
+            "defense.kernel=4",
+            "logger=none",
+            f"results_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2
     assert p.stderr.strip() == "fragility: error: median kernel must be an odd integer >= 1 (e.g. 3), got 4"
 
@@ -189,7 +203,7 @@ def test_smoothing_certificate_matches_the_true_radius_of_a_linear_model():
     w, b, sigma = torch.tensor([1.0, -2.0, 0.5, 1.5]), -0.3, 0.5
     model = linear_binary(w, b)
     x = torch.rand(40, 1, 2, 2, generator=torch.Generator().manual_seed(1))
-    margin = (x.flatten(1) @ w + b)
+    margin = x.flatten(1) @ w + b
     true_radius = margin.abs() / w.norm()
     smoothed = Smoothing(sigma=sigma, n0=100, n=20000, alpha=0.001, max_batch=200000).wrap(model)
     pred, radius = smoothed.certify(x)
@@ -247,8 +261,16 @@ def test_runner_adaptive_can_be_switched_off_and_none_has_one_variant(cfg_factor
 
 
 def test_runner_smoothing_reports_certified_accuracy(cfg_factory):
-    cfg = cfg_factory("n_samples=40", "attack=fgsm", "attack.eps=0.1", "defense=smoothing", "defense.n0=16",
-                      "defense.n=64", "defense.eot_samples=2", "defense.sigma=0.12")  # fmt: skip
+    cfg = cfg_factory(
+        "n_samples=40",
+        "attack=fgsm",
+        "attack.eps=0.1",
+        "defense=smoothing",
+        "defense.n0=16",
+        "defense.n=64",
+        "defense.eot_samples=2",
+        "defense.sigma=0.12",
+    )
     run(cfg)
     board = pd.read_csv(Path(cfg.results_dir) / "defense_leaderboard.csv")
     row = board.iloc[0]

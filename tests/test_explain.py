@@ -50,7 +50,9 @@ class RegionNet(nn.Module):
 
 
 def region_model() -> Classifier:
-    return Classifier(RegionNet(), mean=[0.0] * 3, std=[1.0] * 3, input_size=(3, 16, 16), class_names=["a", "b", "c"], name="region")
+    return Classifier(
+        RegionNet(), mean=[0.0] * 3, std=[1.0] * 3, input_size=(3, 16, 16), class_names=["a", "b", "c"], name="region"
+    )
 
 
 def test_maps_have_the_input_spatial_size(tiny_model, tiny_batch):
@@ -118,8 +120,12 @@ def test_explain_skips_non_differentiable_models(tmp_path):
 
     model = region_model()
     model.differentiable = False
-    ctx = SimpleNamespace(model=model, examples={"clean": torch.rand(2, 3, 16, 16), "adv": torch.rand(2, 3, 16, 16)},
-                          device=torch.device("cpu"), run_dir=tmp_path)  # fmt: skip
+    ctx = SimpleNamespace(
+        model=model,
+        examples={"clean": torch.rand(2, 3, 16, 16), "adv": torch.rand(2, 3, 16, 16)},
+        device=torch.device("cpu"),
+        run_dir=tmp_path,
+    )
     assert explain_figures(ctx, SimpleNamespace(name="x", describe=lambda: "")) == {}
 
 

@@ -20,9 +20,9 @@ from fragility.attacks.priors import (
     preset,
     total_variation,
 )
-from fragility.attacks.rng import SampleRNG, mix64
 from fragility.benchmarks.visualize import channel_activation, find_layer, visualize_classes, visualize_filters
 from fragility.errors import ConfigError
+from fragility.rng import SampleRNG, mix64
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -92,7 +92,9 @@ def test_fooling_resnet20_all_classes_within_200_steps(shared_dir):
     from fragility.models.cifar_resnet import build
 
     model = build(20, str(shared_dir / "models" / "cifar10" / "resnet20-12fca82f.th"))
-    res = Fooling(target="all", steps=200)(model, torch.zeros(10, 3, 32, 32), torch.zeros(10, dtype=torch.long), keys=torch.arange(10))
+    res = Fooling(target="all", steps=200)(
+        model, torch.zeros(10, 3, 32, 32), torch.zeros(10, dtype=torch.long), keys=torch.arange(10)
+    )
     assert res.success.all() and (res.extras["target_conf"] >= 0.9999).all()
 
 
@@ -179,7 +181,9 @@ def test_yosinski_presets_match_table_1():
 # ---- class and filter visualization ------------------------------------------------------------
 def test_class_visualization_priors_lower_total_variation(digits_model):
     plain = visualize_classes(digits_model, "all", prior=None, steps=60, policy="rms", lr=0.05)
-    smooth = visualize_classes(digits_model, "all", prior=None, priors=[L2Decay(0.01), Blur(1.0, every=1)], steps=60, policy="rms", lr=0.05)
+    smooth = visualize_classes(
+        digits_model, "all", prior=None, priors=[L2Decay(0.01), Blur(1.0, every=1)], steps=60, policy="rms", lr=0.05
+    )
     assert smooth.images.shape == (10, 1, 8, 8)
     assert total_variation(smooth.images).mean() < 0.6 * total_variation(plain.images).mean()
     with torch.no_grad():
@@ -207,7 +211,9 @@ def test_filter_visualization_cifar_resnet_far_above_random():
         visualize_filters(model, "conv1", [16], steps=1)
 
 
-@pytest.mark.parametrize("arch,layer", [("vgg16", "features.5"), ("inception_v3", "Conv2d_4a_3x3.conv"), ("inception_v3", "Mixed_5b.branch1x1.conv")])
+@pytest.mark.parametrize(
+    "arch,layer", [("vgg16", "features.5"), ("inception_v3", "Conv2d_4a_3x3.conv"), ("inception_v3", "Mixed_5b.branch1x1.conv")]
+)
 def test_filter_visualization_imagenet_nets_random_weights(arch, layer):
     """Random weights, 2 steps (224/299 px inputs are slow on CPU): the channel's activation rises.
     The "far above random images" comparison with more steps is in benchmarks/bench_fooling.py."""
@@ -235,7 +241,11 @@ def test_visualize_entry_point_writes_pictures(tmp_path, digits_model):
     out = run_visualize(_compose_visualize(tmp_path, "mode=class", "steps=5", "device=cpu"))
     (path,) = out.values()
     assert path.is_file() and path.parent == tmp_path / "visualize"
-    out = run_visualize(_compose_visualize(tmp_path, "mode=filter", "layer=conv2", "channels=[0,1]", "preset=null", "steps=3", "jitter=1", "device=cpu"))
+    out = run_visualize(
+        _compose_visualize(
+            tmp_path, "mode=filter", "layer=conv2", "channels=[0,1]", "preset=null", "steps=3", "jitter=1", "device=cpu"
+        )
+    )
     assert next(iter(out.values())).is_file()
     for bad in (["mode=filter"], ["mode=dream"], ["mode=filter", "layer=conv9"], ["preset=yosinski9"]):
         with pytest.raises(ConfigError):

@@ -13,7 +13,9 @@ from fragility.benchmarks.metrics import compute_metrics, perturbation_norms, wi
 
 def _frame(**cols):
     n = len(cols["label"])
-    base = dict(target=[-1] * n, queries=[1] * n, pred_conf=[0.5] * n, true_conf=[0.1] * n, linf=[0.0] * n, l2=[0.0] * n, l0=[0.0] * n)
+    base = dict(
+        target=[-1] * n, queries=[1] * n, pred_conf=[0.5] * n, true_conf=[0.1] * n, linf=[0.0] * n, l2=[0.0] * n, l0=[0.0] * n
+    )
     base.update(cols)
     return pd.DataFrame(base)
 
@@ -31,9 +33,14 @@ def test_wilson_matches_closed_form():
 def test_untargeted_metrics_by_hand():
     # 5 samples: 4 initially correct (0..3); attack flips 0 and 1; sample 4 was already wrong.
     df = _frame(
-        label=[0, 1, 2, 3, 4], clean_pred=[0, 1, 2, 3, 9], adv_pred=[5, 6, 2, 3, 9], success=[1, 1, 0, 0, 0],
-        queries=[2, 4, 10, 10, 0], linf=[0.1, 0.2, 0.3, 0.4, 0.0], l0=[3, 1, 2, 2, 0],
-    )  # fmt: skip
+        label=[0, 1, 2, 3, 4],
+        clean_pred=[0, 1, 2, 3, 9],
+        adv_pred=[5, 6, 2, 3, 9],
+        success=[1, 1, 0, 0, 0],
+        queries=[2, 4, 10, 10, 0],
+        linf=[0.1, 0.2, 0.3, 0.4, 0.0],
+        l0=[3, 1, 2, 2, 0],
+    )
     m = compute_metrics(df)
     assert m["n"] == 5 and m["n_attacked"] == 4
     assert m["clean_acc"] == pytest.approx(0.8)

@@ -10,9 +10,9 @@ from torch import nn
 
 from fragility.attacks.differential_evolution import distinct_others, evolve
 from fragility.attacks.onepixel import OnePixel, paint
-from fragility.attacks.rng import SampleRNG
 from fragility.errors import ConfigError
 from fragility.models.wrapper import Classifier
+from fragility.rng import SampleRNG
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +45,9 @@ class HotPixelNet(nn.Module):
 
 @pytest.fixture
 def hot_model():
-    return Classifier(HotPixelNet(), mean=[0.5] * 3, std=[0.25] * 3, input_size=(3, 8, 8), class_names=["a", "b", "c"], name="hot")
+    return Classifier(
+        HotPixelNet(), mean=[0.5] * 3, std=[0.25] * 3, input_size=(3, 8, 8), class_names=["a", "b", "c"], name="hot"
+    )
 
 
 def grey_images(n: int, seed: int = 0, hard: int = 0) -> torch.Tensor:
@@ -193,12 +195,23 @@ def test_de_matches_scipy_on_the_attack_objective(hot_model, strategy, mutation)
         ours.append(res.fitness)
         for i in range(6):
             # vectorized: SciPy hands the whole population (D, P) to one call per generation
-            f = lambda v, i=i: prob(torch.tensor(v.T, dtype=torch.float32), torch.full((v.shape[1],), i)).numpy()  # noqa: E731
+            f = lambda v, i=i: prob(torch.tensor(v.T, dtype=torch.float32), torch.full((v.shape[1],), i)).numpy()
             r = scipy_opt.differential_evolution(
-                f, [(0, 8 - 1e-6), (0, 8 - 1e-6), (0, 1), (0, 1), (0, 1)], strategy=strategy + "bin", maxiter=maxiter,
-                popsize=pop // 5, mutation=mutation, recombination=1.0, init="random", polish=False, tol=0, atol=0, rng=seed,
-                vectorized=True, updating="deferred",
-            )  # fmt: skip
+                f,
+                [(0, 8 - 1e-6), (0, 8 - 1e-6), (0, 1), (0, 1), (0, 1)],
+                strategy=strategy + "bin",
+                maxiter=maxiter,
+                popsize=pop // 5,
+                mutation=mutation,
+                recombination=1.0,
+                init="random",
+                polish=False,
+                tol=0,
+                atol=0,
+                rng=seed,
+                vectorized=True,
+                updating="deferred",
+            )
             theirs.append(r.fun)
     ours_mean = float(torch.cat(ours).mean())
     theirs_mean = float(np.mean(theirs))
@@ -251,8 +264,18 @@ def test_margin_loss_orders_by_distance_to_the_boundary(hot_model):
 
 
 def test_config_errors():
-    for kw in ({"pixels": 0}, {"popsize": 3}, {"strategy": "best2"}, {"precision": "fp8"}, {"crossover": 1.5}, {"max_batch": 0},
-               {"loss": "hinge"}, {"mutation": (1.0, 0.5)}, {"mutation": (0.0, 1.0)}, {"mutation": "big"}):
+    for kw in (
+        {"pixels": 0},
+        {"popsize": 3},
+        {"strategy": "best2"},
+        {"precision": "fp8"},
+        {"crossover": 1.5},
+        {"max_batch": 0},
+        {"loss": "hinge"},
+        {"mutation": (1.0, 0.5)},
+        {"mutation": (0.0, 1.0)},
+        {"mutation": "big"},
+    ):
         with pytest.raises(ConfigError):
             OnePixel(**kw)
 
@@ -260,8 +283,9 @@ def test_config_errors():
 def test_config_instantiates_and_runner_hooks(tmp_path, hot_model):
     from types import SimpleNamespace
 
-    from fragility.benchmarks.config import safe_instantiate
     from conftest import compose
+
+    from fragility.benchmarks.config import safe_instantiate
 
     cfg = compose(["attack=onepixel", "attack.pixels=3", "attack.precision=bf16", "seed=7"])
     attack = safe_instantiate(cfg.attack, [])
@@ -277,8 +301,14 @@ def test_config_instantiates_and_runner_hooks(tmp_path, hot_model):
     assert extra["mean_queries_success"] < 12 * 11
     with torch.no_grad():
         conf, pred = torch.softmax(hot_model(x), 1).max(1)
-    ctx = SimpleNamespace(examples={"clean": x, "adv": res.adv, "labels": y, "idx": torch.arange(5)}, model=hot_model,
-                          device=torch.device("cpu"), clean_pred=pred, clean_conf=conf, run_dir=tmp_path)  # fmt: skip
+    ctx = SimpleNamespace(
+        examples={"clean": x, "adv": res.adv, "labels": y, "idx": torch.arange(5)},
+        model=hot_model,
+        device=torch.device("cpu"),
+        clean_pred=pred,
+        clean_conf=conf,
+        run_dir=tmp_path,
+    )
     figs = OnePixel().figures(ctx)
     assert figs["onepixel"].is_file() and figs["onepixel"].stat().st_size > 1000
 

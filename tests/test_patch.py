@@ -6,13 +6,12 @@ import json
 
 import pytest
 import torch
+from conftest import make_tiny
 from PIL import Image
 
 from fragility.attacks.patch import Patch, drop_overlap, read_patch
 from fragility.attacks.patch_transforms import SHAPES, apply_patch, n_pixels, placement_mask, random_placement
 from fragility.errors import CheckpointError, ConfigError
-
-from conftest import make_tiny
 
 
 def _placement(n, h, w, area, shape, rotation=22.5, scale=(0.5, 1.5), seed=0):
@@ -99,7 +98,7 @@ def test_training_moves_targeted_success_up():
 
 
 def test_held_out_images_are_disjoint_from_training_images(digits_test):
-    from fragility.benchmarks.data import Digits
+    from fragility.datasets import Digits
 
     held = Digits("test").load(100, 0)
     train = Digits("test").load(None, 1)  # the same source: every held-out image is in it
@@ -134,8 +133,16 @@ def test_runner_trains_on_train_split_and_scores_held_out(cfg_factory, tmp_path)
     from fragility.benchmarks.runner import run
 
     common, target = _npz_split(tmp_path, cfg_factory)
-    cfg = cfg_factory(*common, "attack=patch", f"attack.target={target}", "attack.steps=3", "attack.batch_size=16",
-                      "n_samples=60", "attack.curve_areas=[0.1,0.3]", f"attack.save={tmp_path / 'p.png'}")  # fmt: skip
+    cfg = cfg_factory(
+        *common,
+        "attack=patch",
+        f"attack.target={target}",
+        "attack.steps=3",
+        "attack.batch_size=16",
+        "n_samples=60",
+        "attack.curve_areas=[0.1,0.3]",
+        f"attack.save={tmp_path / 'p.png'}",
+    )
     rec = run(cfg)
     extra = json.loads(rec.extra_json)
     assert rec.attack == "patch" and rec.norm == "patch" and rec.eps == 0.1 and rec.targeted and rec.n_attacked > 0
@@ -156,15 +163,21 @@ def test_runner_default_train_split_and_same_source_hold_out(cfg_factory, tmp_pa
     from omegaconf import OmegaConf
 
     from fragility.benchmarks.config import safe_instantiate
-    from fragility.benchmarks.data import Digits, Npz
+    from fragility.datasets import Digits, Npz
 
     cfg = cfg_factory("attack=patch", "attack.target=3")
     src = safe_instantiate(cfg.dataset)
     train = safe_instantiate(cfg.attack)._train_source(cfg, src, [])
     assert isinstance(train, Digits) and train.split == "train"  # the embedded default: digits' own train split
     common, target = _npz_split(tmp_path, cfg_factory)
-    cfg = cfg_factory(*[c for c in common if "train_path" not in c], "attack=patch", f"attack.target={target}",
-                      "attack.steps=1", "attack.batch_size=4", "n_samples=20")  # fmt: skip
+    cfg = cfg_factory(
+        *[c for c in common if "train_path" not in c],
+        "attack=patch",
+        f"attack.target={target}",
+        "attack.steps=1",
+        "attack.batch_size=4",
+        "n_samples=20",
+    )
     attack = safe_instantiate(cfg.attack)
     assert isinstance(attack._train_source(cfg, safe_instantiate(cfg.dataset), []), Npz)
     from fragility.benchmarks.runner import build_model
@@ -215,8 +228,17 @@ def test_imagenet_models_through_the_same_path(cfg_factory, tmp_path):
             arr = (torch.rand(40, 48, 3, generator=g) * 255).to(torch.uint8).numpy()
             Image.fromarray(arr).save(root / cls / f"{i}.png")
     common = ["dataset=imagefolder", f"dataset.root={root}", "n_samples=2", "batch_size=2", "attack.curve_areas=[]"]
-    rec = run(cfg_factory("model=vgg16", "attack=patch", "attack.target=toaster", "attack.steps=1", "attack.batch_size=2",
-                          f"attack.save={tmp_path / 'vgg.png'}", *common))  # fmt: skip
+    rec = run(
+        cfg_factory(
+            "model=vgg16",
+            "attack=patch",
+            "attack.target=toaster",
+            "attack.steps=1",
+            "attack.batch_size=2",
+            f"attack.save={tmp_path / 'vgg.png'}",
+            *common,
+        )
+    )
     assert rec.model == "vgg16" and rec.attack == "patch"
     patch = Patch(load=str(tmp_path / "vgg.png"))
     assert patch.info["model"] == "vgg16" and patch.info["train_data"] == "folder" and patch.info["n_train"] == 2

@@ -12,10 +12,25 @@ from fragility.benchmarks.leaderboard import COLUMNS
 from fragility.benchmarks.runner import run
 from fragility.benchmarks.store import ResultStore
 
-REQUIRED = (
-    "model,dataset,defense,attack,params,n,clean_acc,robust_acc,success_rate,success_ci_low,success_ci_high,"
-    "mean_queries,mean_linf,mean_l2,seconds,seed,config_hash"
-).split(",")
+REQUIRED = [
+    "model",
+    "dataset",
+    "defense",
+    "attack",
+    "params",
+    "n",
+    "clean_acc",
+    "robust_acc",
+    "success_rate",
+    "success_ci_low",
+    "success_ci_high",
+    "mean_queries",
+    "mean_linf",
+    "mean_l2",
+    "seconds",
+    "seed",
+    "config_hash",
+]
 
 
 def test_digits_fgsm_end_to_end(cfg_factory):
@@ -118,7 +133,6 @@ def _wandb_history(path: Path) -> dict:
 
 def test_wandb_failure_keeps_local_results(tmp_path, monkeypatch):
     import wandb
-
     from conftest import compose
 
     def broken(*a, **k):

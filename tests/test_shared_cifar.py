@@ -16,10 +16,17 @@ def cifar_runs(shared_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("cifar")
     base = [
-        f"results_dir={out}", "logger=none", "progress=false", "model=cifar_resnet", "model.depth=20",
-        f"model.checkpoint={shared_dir}/models/cifar10/resnet20-12fca82f.th", "dataset=cifar10_npz",
-        f"dataset.path={shared_dir}/data/cifar10/test.npz", "n_samples=1000", "attack.eps=8/255",
-    ]  # fmt: skip
+        f"results_dir={out}",
+        "logger=none",
+        "progress=false",
+        "model=cifar_resnet",
+        "model.depth=20",
+        f"model.checkpoint={shared_dir}/models/cifar10/resnet20-12fca82f.th",
+        "dataset=cifar10_npz",
+        f"dataset.path={shared_dir}/data/cifar10/test.npz",
+        "n_samples=1000",
+        "attack.eps=8/255",
+    ]
     return {
         "fgsm": run(compose([*base, "attack=fgsm"])),
         "fgsm0": run(compose([*base, "attack=fgsm", "attack.eps=0"])),

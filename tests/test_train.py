@@ -47,7 +47,11 @@ def test_checkpoints_are_plain_and_load_with_weights_only(tmp_path):
     from fragility.defenses.checkpoint import Checkpoint
     from fragility.models.digits_cnn import build
 
-    train(compose_train(f"out_dir={tmp_path}", "recipe=pgd", "pgd_steps=2", "epochs=1", "max_train=64", "val_size=16", "eval_pgd_steps=1"))
+    train(
+        compose_train(
+            f"out_dir={tmp_path}", "recipe=pgd", "pgd_steps=2", "epochs=1", "max_train=64", "val_size=16", "eval_pgd_steps=1"
+        )
+    )
     sd = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
     assert all(torch.is_tensor(v) for v in sd.values())
     state = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
@@ -71,7 +75,11 @@ def test_learning_rate_schedules():
 
 
 def test_cli_bad_recipe_is_one_line(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "fragility.benchmarks.train", "recipe=free", f"out_dir={tmp_path}"],
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "fragility.benchmarks.train", "recipe=free", f"out_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2
     assert p.stderr.strip() == "fragility-train: error: unknown recipe 'free' (valid: fgsm_rs, pgd, standard, gaussian)"

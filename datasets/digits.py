@@ -5,9 +5,12 @@ One fixed, seeded split: the digits CNN trains on ``train`` and every benchmark 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
+
+from fragility.datasets.base import ImageSet, from_arrays, seeded_subset
 
 DIGITS_CLASSES = [str(i) for i in range(10)]
 _SPLIT_SEED = 1234
@@ -29,9 +32,20 @@ def digits_arrays(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     if split == "all":
         return x, y
     perm = np.random.default_rng(_SPLIT_SEED).permutation(len(y))
-    n_test = int(round(_TEST_FRACTION * len(y)))
+    n_test = round(_TEST_FRACTION * len(y))
     idx = {"test": perm[:n_test], "train": perm[n_test:]}.get(split)
     if idx is None:
         raise ValueError(f"unknown digits split {split!r} (train, test, all)")
     idx = np.sort(idx)
     return x[idx], y[idx]
+
+
+class Digits:
+    """scikit-learn's bundled 8x8 digits (no download): the embedded default."""
+
+    def __init__(self, split: str = "test") -> None:
+        self.split = split
+
+    def load(self, n_samples: int | None, seed: int, input_size: Sequence[int] | None = None) -> ImageSet:
+        x, y = digits_arrays(self.split)
+        return from_arrays(x, y, seeded_subset(len(y), n_samples, seed), DIGITS_CLASSES, f"digits-{self.split}", False)

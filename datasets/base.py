@@ -1,0 +1,88 @@
+"""The dataset contract: seeded subsets of [0, 1] NCHW images as an :class:`ImageSet`.
+
+Every source returns an :class:`ImageSet`: images (kept as uint8 when the source is 8-bit, and
+converted per batch), int64 labels, the indices of the chosen images in the source (recorded
+with every result) and class names. ``n_samples`` images are drawn by a seeded permutation,
+because the usual files are sorted by class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fragility.errors import DataError
+
+
+@dataclass
+class ImageSet:
+    x: torch.Tensor  # (N, C, H, W), uint8 in [0, 255] or float in [0, 1]
+    y: torch.Tensor  # (N,) int64
+    ids: torch.Tensor  # (N,) int64 index of each image in its source
+    class_names: list[str]
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def image_size(self) -> tuple[int, int, int]:
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+    def images(self, sl: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        """Float images in [0, 1] for ``sl`` (a slice or an index tensor)."""
+        x = self.x[sl]
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def seeded_subset(total: int, n_samples: int | None, seed: int) -> np.ndarray:
+    """Indices of ``n_samples`` of ``total`` items, a seeded random subset in random order."""
+    if n_samples is None:
+        n_samples = total
+    n_samples = int(n_samples)
+    if n_samples <= 0:
+        raise DataError(f"n_samples must be positive, got {n_samples}")
+    if n_samples > total:
+        raise DataError(f"n_samples={n_samples} but the dataset has only {total} images")
+    return np.random.default_rng(seed).permutation(total)[:n_samples]
+
+
+def from_arrays(x: np.ndarray, y: np.ndarray, idx: np.ndarray, class_names, name: str, channels_last: bool) -> ImageSet:
+    xs = x[idx]
+    if channels_last:
+        xs = np.ascontiguousarray(xs.transpose(0, 3, 1, 2))
+    xt = torch.from_numpy(np.ascontiguousarray(xs))
+    if xt.dtype != torch.uint8:
+        xt = xt.float()
+        if xt.numel() and (xt.min() < 0 or xt.max() > 1):
+            raise DataError(f"{name}: float images must lie in [0, 1]")
+    return ImageSet(
+        xt, torch.from_numpy(np.asarray(y)[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)), list(class_names), name
+    )
+
+
+def align_labels(data: ImageSet, class_names: list[str]) -> ImageSet:
+    """Map a dataset's labels onto the model's classes when their names differ (e.g. an
+    ImageFolder of a few ImageNet classes scored by a 1000-class model)."""
+    if list(data.class_names) == list(class_names):
+        return data
+    lookup = {c.lower(): i for i, c in enumerate(class_names)}
+    mapping = []
+    for c in data.class_names:
+        key = c.lower().replace("_", " ")
+        if key in lookup or c.lower() in lookup:
+            mapping.append(lookup.get(key, lookup.get(c.lower())))
+        elif c.isdigit() and int(c) < len(class_names):
+            mapping.append(int(c))
+        else:
+            mapping = []
+            break
+    if mapping:
+        data.y = torch.tensor(mapping, dtype=torch.long)[data.y]
+        data.class_names = list(class_names)
+        return data
+    if len(data.class_names) == len(class_names):
+        return data  # same number of classes under other names: trust the indices
+    raise DataError(f"dataset {data.name} has {len(data.class_names)} classes that do not match the model's {len(class_names)}")

@@ -1,0 +1,43 @@
+"""A folder of images per class, resized to the model's input size."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fragility.datasets.base import ImageSet, seeded_subset
+from fragility.errors import DataError
+
+
+class ImageFolder:
+    """torchvision ImageFolder (``root/class_name/*.jpg``), resized to the model's input size."""
+
+    def __init__(self, root: str, name: str | None = None, class_names: Sequence[str] | None = None) -> None:
+        if not root:
+            raise DataError("dataset.root is required for an image folder")
+        self.root = Path(root).expanduser()
+        self.name = name or self.root.name
+        self.class_names = list(class_names) if class_names else None
+
+    def load(self, n_samples: int | None, seed: int, input_size: Sequence[int] | None = None) -> ImageSet:
+        from torchvision.datasets import ImageFolder as TVImageFolder
+        from torchvision.transforms import v2
+
+        if not self.root.is_dir():
+            raise DataError(f"image folder not found: {self.root}")
+        c, h, w = input_size if input_size else (3, 224, 224)
+        tf = [v2.PILToTensor(), v2.Resize((h, w), antialias=True)]
+        if c == 1:
+            tf.insert(0, v2.Grayscale(1))
+        try:
+            ds = TVImageFolder(str(self.root), transform=v2.Compose(tf))
+        except (FileNotFoundError, OSError) as e:
+            raise DataError(f"cannot read image folder {self.root}: {e}") from None
+        idx = seeded_subset(len(ds), n_samples, seed)
+        xs = torch.stack([ds[int(i)][0] for i in idx])
+        ys = np.array([ds.targets[int(i)] for i in idx], dtype=np.int64)
+        names = self.class_names or list(ds.classes)
+        return ImageSet(xs.to(torch.uint8), torch.from_numpy(ys), torch.from_numpy(idx.astype(np.int64)), names, self.name)

@@ -1,0 +1,51 @@
+"""Any NumPy archive of images and labels, read without pickles."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fragility.datasets.base import ImageSet, from_arrays, seeded_subset
+from fragility.errors import DataError
+
+
+class Npz:
+    """A NumPy archive with images ``x`` (uint8 NHWC, or float in [0, 1]) and labels ``y``.
+
+    Loaded with ``allow_pickle=False``. ``layout`` is ``nhwc`` (default) or ``nchw``.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        class_names: Sequence[str] | None = None,
+        name: str | None = None,
+        x_key: str = "x",
+        y_key: str = "y",
+        layout: str = "nhwc",
+    ) -> None:
+        if not path:
+            raise DataError("dataset.path is required for an npz dataset")
+        self.path = Path(path).expanduser()
+        self.class_names = list(class_names) if class_names else None
+        self.name = name or self.path.stem
+        self.x_key, self.y_key, self.layout = x_key, y_key, layout.lower()
+
+    def load(self, n_samples: int | None, seed: int, input_size: Sequence[int] | None = None) -> ImageSet:
+        if not self.path.is_file():
+            raise DataError(f"dataset file not found: {self.path}")
+        try:
+            with np.load(self.path, allow_pickle=False) as f:
+                if self.x_key not in f or self.y_key not in f:
+                    raise DataError(f"{self.path} needs arrays {self.x_key!r} and {self.y_key!r}, has {list(f.keys())}")
+                x, y = f[self.x_key], f[self.y_key]
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read {self.path}: {str(e).splitlines()[0][:200]}") from None
+        if x.ndim == 3:  # greyscale without a channel axis
+            x = x[..., None] if self.layout == "nhwc" else x[:, None]
+        if x.ndim != 4 or len(x) != len(y):
+            raise DataError(f"{self.path}: x must be (N, H, W, C) with one label per image, got x {x.shape}, y {y.shape}")
+        names = self.class_names or [str(i) for i in range(int(np.max(y)) + 1)]
+        return from_arrays(x, y, seeded_subset(len(y), n_samples, seed), names, self.name, self.layout == "nhwc")
