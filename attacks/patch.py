@@ -319,7 +319,7 @@ class Patch(Attack):
         return apply_patch(images, self.patch.to(images.device), pl, a, self.shape).clamp(0, 1)
 
     def extra_metrics(self, result) -> dict[str, Any]:
-        from fragility.benchmarks.metrics import wilson_interval
+        from fragility.stats import wilson_interval
 
         labels = result.extras["labels"]
         scored = labels != result.targets

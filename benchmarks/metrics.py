@@ -16,14 +16,8 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
 
-
-def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    if n <= 0:
-        return (math.nan, math.nan)
-    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
-    return (float(ci.low), float(ci.high))
+from fragility.stats import wilson_interval
 
 
 def perturbation_norms(clean: np.ndarray, adv: np.ndarray) -> dict[str, np.ndarray]:
@@ -63,3 +57,40 @@ def compute_metrics(samples: pd.DataFrame) -> dict[str, float]:
         "mean_conf": mean("pred_conf"),
         "mean_true_conf": mean("true_conf"),
     }
+
+
+def outcome_metrics(
+    labels,
+    clean_pred,
+    adv_pred,
+    *,
+    success=None,
+    queries=None,
+    targets=None,
+) -> dict[str, float]:
+    """:func:`compute_metrics` for callers that hold only predictions (the peer benchmarks): one
+    definition of robust accuracy and success for every method. ``success`` defaults to the
+    untargeted criterion (``adv_pred != label``; targeted: ``adv_pred == target``)."""
+    y = np.asarray(labels).astype(np.int64)
+    n = len(y)
+    adv = np.asarray(adv_pred).astype(np.int64)
+    tgt = np.full(n, -1) if targets is None else np.asarray(targets).astype(np.int64)
+    if success is None:
+        success = np.where(tgt >= 0, adv == tgt, adv != y)
+    nan = np.full(n, np.nan)
+    frame = pd.DataFrame(
+        {
+            "label": y,
+            "clean_pred": np.asarray(clean_pred).astype(np.int64),
+            "adv_pred": adv,
+            "target": tgt,
+            "success": np.asarray(success).astype(int),
+            "queries": np.zeros(n) if queries is None else np.asarray(queries, dtype=np.float64),
+            "pred_conf": nan,
+            "true_conf": nan,
+            "linf": nan,
+            "l2": nan,
+            "l0": nan,
+        }
+    )
+    return compute_metrics(frame)

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from fragility.benchmarks.figures import _show, save_figure
-from fragility.benchmarks.metrics import wilson_interval
+from fragility.stats import wilson_interval
 
 
 @torch.inference_mode()

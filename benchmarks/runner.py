@@ -45,6 +45,7 @@ from fragility.benchmarks.wandb_logger import NullLogger
 from fragility.datasets import ImageSet, align_labels
 from fragility.defenses.base import set_adaptive
 from fragility.errors import ConfigError, InputError
+from fragility.models.predict import predict
 from fragility.rng import mix64
 
 log = logging.getLogger(__name__)
@@ -88,17 +89,6 @@ def _check_top_level(cfg: DictConfig) -> tuple[int, int, int]:
     if bs <= 0:
         raise ConfigError(f"batch_size must be positive, got {bs}")
     return n, seed, bs
-
-
-@torch.inference_mode()
-def predict(model: torch.nn.Module, data: ImageSet, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    preds, confs = [], []
-    for i in range(0, len(data), batch_size):
-        p = torch.softmax(model(data.images(slice(i, i + batch_size)).to(device)).float(), 1)
-        c, k = p.max(1)
-        preds.append(k.cpu())
-        confs.append(c.cpu())
-    return torch.cat(preds), torch.cat(confs)
 
 
 def build_defense(cfg: DictConfig, allowed: list[str]):

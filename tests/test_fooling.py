@@ -216,7 +216,7 @@ def test_filter_visualization_cifar_resnet_far_above_random():
 )
 def test_filter_visualization_imagenet_nets_random_weights(arch, layer):
     """Random weights, 2 steps (224/299 px inputs are slow on CPU): the channel's activation rises.
-    The "far above random images" comparison with more steps is in benchmarks/bench_fooling.py."""
+    The "far above random images" comparison with more steps is in benchmarks/peers/bench_fooling.py."""
     from fragility.models.torchvision_models import build
 
     torch.manual_seed(0)

@@ -3,6 +3,8 @@ cross-check of the batched differential evolution against SciPy's."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -317,7 +319,11 @@ def test_benchmark_judges_every_method_in_eval_mode():
     """The benchmark's counting wrapper must not leave the network in training mode (torchattacks
     calls ``model.train()`` after an attack when the model it got said ``training``), and its one
     judge must score outputs in eval mode and refuse outputs over the pixel budget."""
-    from fragility.benchmarks.bench_onepixel import Counting, judge
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "peers"))
+    from bench_onepixel import judge
+    from common import Counting
 
     net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(3))
     net(torch.rand(2, 3, 8, 8))

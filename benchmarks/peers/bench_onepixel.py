@@ -12,9 +12,9 @@ Queries are counted by a wrapper around the network that every method calls thro
 method's output is judged by one function (eval mode, float32, in [0, 1], at most ``--pixels``
 changed pixels).
 
-    python benchmarks/bench_onepixel.py --n 100 --threads 2              # the full comparison (~60 min)
-    python benchmarks/bench_onepixel.py --n 30 --pixels 3 --peers none --precision bf16
-    python benchmarks/bench_onepixel.py --n 3 --maxiter 5                # smoke test
+    python benchmarks/peers/bench_onepixel.py --n 100 --threads 2              # the full comparison (~60 min)
+    python benchmarks/peers/bench_onepixel.py --n 30 --pixels 3 --peers none --precision bf16
+    python benchmarks/peers/bench_onepixel.py --n 3 --maxiter 5                # smoke test
 
 Benchmark extras (never imported by the package): ``pip install torchattacks adversarial-robustness-toolbox``.
 """
@@ -31,78 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import Counting, cifar_resnet, cifar_test, correct_subset, eval_mode, shared_dir
 from torch import nn
 
 from fragility.attacks.onepixel import OnePixel, circled_grid
-from fragility.benchmarks.metrics import wilson_interval
-from fragility.errors import CheckpointError
-from fragility.models.checkpoint import extract_state_dict, load_checkpoint
-from fragility.models.cifar_resnet import CIFAR10_CLASSES, build
-from fragility.models.wrapper import eval_mode
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-class Counting(nn.Module):
-    """Counts images sent through the model and the seconds spent in its forward passes."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.images = 0
-        self.seconds = 0.0
-        # A fresh nn.Module starts in training mode. torchattacks reads ``model.training`` before an
-        # attack and calls ``model.train()`` after it when that was True, which would leave the
-        # BatchNorm layers of the wrapped network in training mode for whatever runs next.
-        self.train(model.training)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = time.perf_counter()
-        out = self.model(x)
-        self.seconds += time.perf_counter() - t
-        self.images += len(x)
-        return out
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.model, name)
-
-
-def load_resnet20(shared: Path) -> nn.Module:
-    path = shared / "models" / "cifar10" / "resnet20-12fca82f.th"
-    try:
-        return build(20, str(path)).eval()
-    except CheckpointError:
-        # The published file predates BatchNorm's ``num_batches_tracked`` buffers (unused in eval);
-        # everything else must match key for key.
-        model = build(20)
-        sd = extract_state_dict(load_checkpoint(path), path)
-        missing, unexpected = model.net.load_state_dict(sd, strict=False)
-        bad = [k for k in missing if not k.endswith("num_batches_tracked")] + list(unexpected)
-        if bad:
-            raise
-        return model.eval()
-
-
-def sample(model: nn.Module, shared: Path, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """The first ``n`` correctly classified images of a seeded permutation of the test set."""
-    with np.load(shared / "data" / "cifar10" / "test.npz", allow_pickle=False) as f:
-        x_all, y_all = f["x"], f["y"]
-    order = np.random.default_rng(seed).permutation(len(y_all))
-    keep: list[int] = []
-    with torch.inference_mode():
-        for s in range(0, len(order), 500):
-            ids = order[s : s + 500]
-            x = torch.from_numpy(x_all[ids]).permute(0, 3, 1, 2).float() / 255
-            ok = model(x).argmax(1).numpy() == y_all[ids]
-            keep += list(ids[ok])
-            if len(keep) >= n:
-                break
-    ids = np.array(keep[:n])
-    x = torch.from_numpy(x_all[ids]).permute(0, 3, 1, 2).float().div(255).contiguous()
-    return x, torch.from_numpy(y_all[ids].astype(np.int64)), ids
+from fragility.models.cifar_resnet import CIFAR10_CLASSES
+from fragility.stats import wilson_interval
 
 
 def judge(
@@ -318,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=100, help="images per fragility call")
     ap.add_argument("--max-batch", type=int, default=128, help="candidates per model call (fragility)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("FRAGILITY_THREADS", os.cpu_count() or 1)))
-    ap.add_argument("--shared", default=os.environ.get("FRAGILITY_SHARED", str(REPO.parent / "shared")))
+    ap.add_argument("--shared", default=None, help="the shared folder (default: $FRAGILITY_SHARED or ../shared)")
     ap.add_argument("--peer-log", default=None, help="take peer results from this earlier run's log instead of running them")
     ap.add_argument("--out", default=None, help="write per-image results as JSON here")
     ap.add_argument("--figure", default=None, help="save the circled-pixel grid of fragility's first 8 images here")
@@ -327,8 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
 
-    model = load_resnet20(Path(args.shared))
-    x, y, ids = sample(model, Path(args.shared), args.n, args.seed)
+    shared = shared_dir(args.shared)
+    model = cifar_resnet(shared, 20)
+    x, y, ids = correct_subset(model, cifar_test(shared, None, args.seed), args.n)
+    ids = ids.numpy()
     print(
         f"# one-pixel benchmark: resnet20, {len(x)} correctly classified CIFAR-10 test images (seed {args.seed}), "
         f"pixels={args.pixels} popsize={args.popsize} maxiter={args.maxiter}, threads={args.threads}, torch {torch.__version__}",
@@ -398,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(table(rows, raw))
-    cmd = "python benchmarks/bench_onepixel.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = "python benchmarks/peers/bench_onepixel.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"\ncommand: {cmd}")
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "ids": ids.tolist(), "raw": raw, "results": results}, indent=1))

@@ -6,7 +6,7 @@ for each area for ``--steps`` EOT steps on train.npz (cheap: the 10% patch is a 
 scores again; the same patch is also scored on ``--transfer-depth`` (no training there). Prints a
 table, writes a PNG curve and a CSV.
 
-    cpuslot python benchmarks/patch_area_curve.py --shared ../shared --load results/truck10_resnet20.png \\
+    cpuslot python benchmarks/peers/patch_area_curve.py --shared ../shared --load results/truck10_resnet20.png \\
         --steps 200 --out docs/img/patch_area_curve.png
 """
 
@@ -23,7 +23,7 @@ import torch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shared", default=os.environ.get("FRAGILITY_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
+    ap.add_argument("--shared", default=os.environ.get("FRAGILITY_SHARED", str(Path(__file__).resolve().parents[3] / "shared")))
     ap.add_argument("--load", required=True, help="a saved patch (.png with its .json)")
     ap.add_argument("--areas", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.15, 0.2, 0.25])
     ap.add_argument("--steps", type=int, default=200, help="fine-tuning steps per area (0: skip)")

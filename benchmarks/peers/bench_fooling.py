@@ -12,7 +12,7 @@
 No peer library makes fooling images or Yosinski-style visualizations, so there is no peer column;
 times are wall-clock seconds on ``--threads`` threads. Pictures go to ``--img-dir`` when given.
 
-    cpuslot python benchmarks/bench_fooling.py --shared ../shared --img-dir docs/img
+    cpuslot python benchmarks/peers/bench_fooling.py --shared ../shared --img-dir docs/img
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def fooling_table(model, seeds: int, steps: int) -> tuple[list[list], torch.Tens
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shared", default=os.environ.get("FRAGILITY_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
+    ap.add_argument("--shared", default=os.environ.get("FRAGILITY_SHARED", str(Path(__file__).resolve().parents[3] / "shared")))
     ap.add_argument("--seeds", type=int, default=10, help="fooling images per class")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--vis-seeds", type=int, default=2, help="class visualizations per class and setting")

@@ -8,7 +8,7 @@ randomized smoothing certified accuracy on a noise-trained base model (``--smoot
 
 Usage (1 thread through the CPU slot)::
 
-    cpuslot python benchmarks/bench_defenses.py --n 500 \\
+    cpuslot python benchmarks/peers/bench_defenses.py --n 500 \\
         --checkpoint results/train/resnet20_fgsm_rs/model.pt \\
         --smoothing-checkpoint results/train/resnet20_gaussian/model.pt
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def compose(overrides: list[str]):
