@@ -97,6 +97,9 @@ class Attack(ABC):
     norm: ClassVar[str | None] = None
     #: what the attack needs from the model (checked before any compute is spent)
     needs_gradients: ClassVar[bool] = True
+    #: names of 1-D per-sample tensors in ``AttackResult.extras`` that the runner stores with each
+    #: sample (e.g. which attack of an ensemble broke it)
+    sample_extras: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, target: int | str | None = None, seed: int = 0) -> None:
         self.target = target
@@ -127,6 +130,13 @@ class Attack(ABC):
         for k, v in self.params().items():
             parts.append(f"{k}={format_number(v) if isinstance(v, float) else v}")
         return " ".join(parts)
+
+    def is_success(self, probs: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """The success criterion, judged on the class probabilities of the final (projected,
+        clipped) images: untargeted, the label changed; targeted, the target is predicted. An
+        attack with a stricter criterion (a confidence threshold) overrides this."""
+        pred = probs.argmax(1)
+        return pred == targets if targets is not None else pred != labels
 
     @property
     def targeted(self) -> bool:
@@ -170,9 +180,7 @@ class Attack(ABC):
                 probs = torch.softmax(model(adv).float(), dim=1)
         pred_conf, pred = probs.max(dim=1)
         true_conf = probs.gather(1, labels[:, None]).squeeze(1)
-        success = pred == targets if targets is not None else pred != labels
-        if "success" in extras:  # an attack with a stricter criterion (e.g. a confidence threshold) can only narrow success
-            success = success & torch.as_tensor(extras.pop("success"), dtype=torch.bool, device=success.device)
+        success = self.is_success(probs, labels, targets)
         cpu = lambda t: t.detach().cpu()
         return AttackResult(
             adv=cpu(adv),

@@ -117,7 +117,12 @@ class Fooling(Attack):
         )
         with torch.no_grad():
             conf = torch.softmax(model(out.x).float(), dim=1).gather(1, targets[:, None]).squeeze(1)
-        return out.x, {"target_conf": conf, "steps": out.steps, "success": conf >= self.confidence}
+        return out.x, {"target_conf": conf, "steps": out.steps}
+
+    def is_success(self, probs: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """The target is predicted with at least ``confidence``."""
+        conf = probs.gather(1, targets[:, None]).squeeze(1)
+        return (probs.argmax(1) == targets) & (conf >= self.confidence)
 
     def extra_metrics(self, result) -> dict[str, Any]:
         steps = result.extras["steps"].float()
