@@ -13,6 +13,7 @@ from torch import nn
 
 from fragility.errors import ConfigError
 from fragility.models.checkpoint import load_weights
+from fragility.models.compile import maybe_compile
 from fragility.models.wrapper import Classifier
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -85,10 +86,13 @@ def build(
     class_names: list[str] | None = None,
     mean: tuple[float, ...] = CIFAR_MEAN,
     std: tuple[float, ...] = CIFAR_STD,
+    compile: bool = False,
 ) -> Classifier:
-    """A CIFAR ResNet-``depth`` wrapped as a [0, 1] classifier; weights from ``checkpoint``."""
+    """A CIFAR ResNet-``depth`` wrapped as a [0, 1] classifier; weights from ``checkpoint``;
+    ``compile``: forward through torch.compile (models/compile.py)."""
     net = CifarResNet(int(depth), int(num_classes))
     if checkpoint:
         load_weights(net, Path(checkpoint))
     names = list(class_names) if class_names else (CIFAR10_CLASSES if num_classes == 10 else [str(i) for i in range(num_classes)])
-    return Classifier(net, mean=mean, std=std, input_size=(3, 32, 32), class_names=names, name=f"cifar_resnet{depth}")
+    model = Classifier(net, mean=mean, std=std, input_size=(3, 32, 32), class_names=names, name=f"cifar_resnet{depth}")
+    return maybe_compile(model, compile)

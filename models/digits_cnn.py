@@ -18,6 +18,7 @@ from torch import nn
 from fragility.datasets.digits import DIGITS_CLASSES, digits_arrays
 from fragility.errors import CheckpointError
 from fragility.models.checkpoint import load_weights
+from fragility.models.compile import maybe_compile
 from fragility.models.wrapper import Classifier
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,9 @@ def train_digits_cnn(epochs: int = 40, seed: int = 0) -> DigitsCNN:
     return net
 
 
-def build(checkpoint: str | None = None, retrain: bool = False) -> Classifier:
-    """The digits CNN: from ``checkpoint`` if given, else from the cache (trained on first use)."""
+def build(checkpoint: str | None = None, retrain: bool = False, compile: bool = False) -> Classifier:
+    """The digits CNN: from ``checkpoint`` if given, else from the cache (trained on first use);
+    ``compile``: forward through torch.compile (models/compile.py)."""
     net = DigitsCNN()
     if checkpoint:
         load_weights(net, checkpoint)
@@ -96,4 +98,5 @@ def build(checkpoint: str | None = None, retrain: bool = False) -> Classifier:
             os.close(fd)
             torch.save(net.state_dict(), tmp)
             os.replace(tmp, path)
-    return Classifier(net, mean=DIGITS_MEAN, std=DIGITS_STD, input_size=(1, 8, 8), class_names=DIGITS_CLASSES, name="digits_cnn")
+    model = Classifier(net, mean=DIGITS_MEAN, std=DIGITS_STD, input_size=(1, 8, 8), class_names=DIGITS_CLASSES, name="digits_cnn")
+    return maybe_compile(model, compile)

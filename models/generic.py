@@ -14,6 +14,7 @@ import torch
 
 from fragility.errors import CheckpointError, ConfigError
 from fragility.models.checkpoint import load_weights
+from fragility.models.compile import maybe_compile
 from fragility.models.wrapper import Classifier
 
 
@@ -43,6 +44,7 @@ def build(
     num_classes: int = 10,
     class_names: list[str] | None = None,
     name: str | None = None,
+    compile: bool = False,
 ) -> Classifier:
     p = Path(path).expanduser()
     if not p.is_file():
@@ -59,4 +61,5 @@ def build(
     else:
         raise ConfigError(f"unknown checkpoint format {format!r} (state_dict, torchscript)")
     names = list(class_names) if class_names else [str(i) for i in range(int(num_classes))]
-    return Classifier(net, mean=mean, std=std, input_size=input_size, class_names=names, name=name or p.stem)
+    model = Classifier(net, mean=mean, std=std, input_size=input_size, class_names=names, name=name or p.stem)
+    return maybe_compile(model, compile)

@@ -11,6 +11,7 @@ import torchvision
 
 from fragility.errors import ConfigError
 from fragility.models.checkpoint import load_weights
+from fragility.models.compile import maybe_compile
 from fragility.models.imagenet_classes import imagenet_classes
 from fragility.models.wrapper import Classifier
 
@@ -31,6 +32,7 @@ def build(
     checkpoint: str | None = None,
     num_classes: int = 1000,
     class_names: list[str] | None = None,
+    compile: bool = False,
 ) -> Classifier:
     if arch not in _ARCHS:
         raise ConfigError(f"unknown torchvision architecture {arch!r} (valid: {', '.join(_ARCHS)})")
@@ -56,4 +58,5 @@ def build(
         names = imagenet_classes()
     else:
         names = [str(i) for i in range(int(num_classes))]
-    return Classifier(net, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=(3, side, side), class_names=names, name=arch)
+    model = Classifier(net, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=(3, side, side), class_names=names, name=arch)
+    return maybe_compile(model, compile)

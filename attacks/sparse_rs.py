@@ -1,0 +1,436 @@
+"""Sparse-RS: random search for sparse perturbations (black box, reads only the model's logits).
+
+Croce, Andriushchenko, Singh, Flammarion, Hein, "Sparse-RS: a versatile framework for query-efficient
+sparse black-box adversarial attacks", AAAI 2022. Every changed pixel takes a colour at a corner of
+the colour cube ({0, 1}^C). The search keeps one current perturbation per image and proposes one
+change per step; the change is kept when the margin loss drops (or the image is fooled).
+
+Threat models (``mode``):
+
+- ``pixels``: at most ``k`` pixels change. A step moves ``max(1, int(p(it) * k))`` of the current
+  pixels to places not yet used, with fresh corner colours; ``p`` follows the paper's schedule for
+  L0 (``p_init`` halved at 50 steps, /4 at 200, ... /20 after 8,000, on a 10,000-step clock).
+  With ``k = 1`` a step replaces the whole perturbation, so random search is random sampling of
+  (position, corner colour); here it samples *without replacement* from a per-image random order
+  of the ``H * W * 2^C`` candidates (no candidate is asked twice, and the search is complete at
+  ``H * W * 2^C`` queries).
+- ``patch``: a ``size x size`` patch anywhere in the image. Steps alternate (every 4th step moves
+  the patch by up to ``0.75 * H * (1 - it / queries)`` pixels; the others recolour a square of side
+  ``max(1, int(sqrt(p(it)) * size))`` inside it with one corner colour), the paper's schedule for
+  patches (``p_init`` halved at 10 steps, ... /512 after 8,000).
+- ``frame``: the border of width ``width``. A step paints a square of side
+  ``3 * ceil(((1 - it/10k) - 0.5) * p_init * width^2)`` (one pixel once that is 0) from a random
+  frame pixel in a random diagonal direction with one corner colour, masked to the frame.
+
+``exhaustive=True`` (``mode=pixels``, ``k=1``): every position x every corner colour, in raster
+order, batched over images and candidates (``max_batch`` rows per model call), stopping per image
+at the first success. Its failures are images that no single corner-coloured pixel can flip: a
+complete answer for that threat model, so its success is an upper bound for any k=1 attack that
+uses corner colours. Candidates equal to the clean pixel are skipped (they change nothing).
+
+Margin loss on logits: untargeted ``z_y - max_{j != y} z_j``, targeted ``max_{j != t} z_j - z_t``;
+an image stops at the first candidate that the model misclassifies (targeted: puts in the target
+class), and its queries stop there (every candidate that went through the model is counted; in
+the batched modes that is the candidate that succeeded plus the others of the same model call).
+Batched over images; every random draw comes from the image's own stream, so a batch gives the
+same result as one image at a time.
+
+Example::
+
+    res = SparseRS(mode="pixels", k=1, queries=10000)(model, images, labels)
+    res = SparseRS(mode="patch", size=4)(model, images, labels, targets=t)
+    res = SparseRS(mode="pixels", k=1, exhaustive=True)(model, images, labels)   # complete for k=1
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from fragility.attacks.base import Attack
+from fragility.errors import ConfigError
+
+MODES = ("pixels", "patch", "frame")
+P_INIT = {"pixels": 0.3, "patch": 0.4, "frame": 2.0}
+LOC_PERIOD = 4  # patch: every 4th step moves the patch (the paper's update_loc_period)
+
+
+def p_schedule_pixels(it: int, total: int, p_init: float) -> float:
+    """The paper's L0 schedule on a clock rescaled to 10,000 steps: the fraction of the k pixels moved."""
+    it = int(it / total * 10000)
+    for edge, div in ((50, 2), (200, 4), (500, 5), (1000, 6), (2000, 8), (4000, 10), (6000, 12), (8000, 15)):
+        if it <= edge:
+            return p_init if it <= 0 else p_init / div
+    return p_init / 20
+
+
+def p_schedule_patch(it: int, total: int, p_init: float) -> float:
+    """The paper's patch schedule (rescaled to 10,000 steps): the area fraction of the square recoloured."""
+    it = int(it / total * 10000)
+    for edge, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256)):
+        if it <= edge:
+            return p_init / div
+    return p_init / 512
+
+
+def frame_side(it: int, total: int, p_init: float, width: int) -> int:
+    """The paper's frame schedule: side of the square painted at step ``it`` (1 in the second half)."""
+    it = int(it / total * 10000)
+    p = max(((10000 - it) / 10000 - 0.5) * p_init * width**2, 0.0)
+    return max(3 * math.ceil(p), 1)
+
+
+class SparseRS(Attack):
+    name = "sparse_rs"
+    norm = "l0"
+    needs_gradients = False
+
+    def __init__(
+        self,
+        *,
+        mode: str = "pixels",
+        k: int = 1,
+        size: int = 4,
+        width: int = 1,
+        queries: int = 10000,
+        p_init: float | None = None,
+        exhaustive: bool = False,
+        max_batch: int = 128,
+        targeted: bool = False,
+        target: int | str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(target=target, seed=seed)
+        if mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        for key, v in (("k", k), ("size", size), ("width", width), ("queries", queries), ("max_batch", max_batch)):
+            if int(v) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {v}")
+        if exhaustive and (mode != "pixels" or int(k) != 1):
+            raise ConfigError("exhaustive=true is the one-pixel check: it needs mode=pixels and k=1")
+        self.mode, self.k, self.size, self.width = mode, int(k), int(size), int(width)
+        self.queries, self.exhaustive, self.max_batch = int(queries), bool(exhaustive), int(max_batch)
+        self.p_init = float(P_INIT[mode] if p_init is None else p_init)
+        if self.p_init <= 0:
+            raise ConfigError(f"p_init must be > 0, got {p_init}")
+        self.want_targeted = bool(targeted) or target is not None
+        # the leaderboard's threat-model column: pixels / patch side / frame width, all in pixels
+        self.norm = {"pixels": "l0", "patch": "l0_patch", "frame": "l0_frame"}[mode]
+
+    @property
+    def targeted(self) -> bool:
+        return self.want_targeted
+
+    @property
+    def budget(self) -> float:
+        return float({"pixels": self.k, "patch": self.size, "frame": self.width}[self.mode])
+
+    def params(self) -> dict[str, Any]:
+        p: dict[str, Any] = {"mode": self.mode}
+        p.update({"pixels": {"k": self.k}, "patch": {"size": self.size}, "frame": {"width": self.width}}[self.mode])
+        if self.exhaustive:
+            p["exhaustive"] = True  # complete for one corner-coloured pixel: no query budget
+        else:
+            p["queries"] = self.queries
+            if self.p_init != P_INIT[self.mode]:
+                p["p_init"] = self.p_init
+        if self.want_targeted:
+            p["target"] = "other" if self.target is None else self.target
+        return p
+
+    def make_targets(self, model, labels):
+        """``target`` given: that class. ``targeted`` alone: for each image the class
+        ``(label + 1 + seed mod (C - 1)) mod C`` (as ``onepixel``)."""
+        if self.target is not None or not self.want_targeted:
+            return super().make_targets(model, labels)
+        c = getattr(model, "num_classes", None)
+        if c is None or c < 2:
+            raise ConfigError("targeted=true without target needs a model with num_classes >= 2")
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        return (labels + 1 + self.seed % (c - 1)) % c
+
+    # ---- the threat model -------------------------------------------------------------------
+    def project(self, adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Restore every pixel outside the threat model: the ``k`` most changed pixels (pixels), the
+        ``size x size`` window with the largest change (patch), or the border (frame)."""
+        n, _c, h, w = images.shape
+        change = (adv - images).abs().amax(1)  # (N, H, W)
+        if self.mode == "pixels":
+            flat = change.flatten(1)
+            keep = torch.zeros_like(flat, dtype=torch.bool)
+            keep.scatter_(1, flat.topk(min(self.k, h * w), dim=1).indices, True)
+            keep = (keep & (flat > 0)).view(n, h, w)
+        elif self.mode == "patch":
+            s = min(self.size, h, w)
+            mass = torch.nn.functional.avg_pool2d(change[:, None], s, stride=1)[:, 0].flatten(1)  # (N, windows)
+            at = mass.argmax(1)
+            r0, c0 = at // (w - s + 1), at % (w - s + 1)
+            rr, cc = torch.arange(h, device=adv.device), torch.arange(w, device=adv.device)
+            inr = (rr[None] >= r0[:, None]) & (rr[None] < r0[:, None] + s)
+            inc = (cc[None] >= c0[:, None]) & (cc[None] < c0[:, None] + s)
+            keep = inr[:, :, None] & inc[:, None, :]
+        else:
+            keep = frame_mask(h, w, self.width, adv.device).expand(n, h, w)
+        return torch.where(keep[:, None], adv, images)
+
+    # ---- the attack --------------------------------------------------------------------------
+    def _run(self, model, images, labels, targets, rng):
+        goal = targets if targets is not None else labels
+        targeted = targets is not None
+
+        def evaluate(x: torch.Tensor, owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            loss = torch.empty(len(x), device=x.device)
+            ok = torch.empty(len(x), dtype=torch.bool, device=x.device)
+            for s in range(0, len(x), self.max_batch):
+                o = owner[s : s + self.max_batch]
+                loss[s : s + self.max_batch], ok[s : s + self.max_batch] = margin(
+                    model(x[s : s + self.max_batch], idx=o), goal[o], targeted
+                )
+            return loss, ok
+
+        with torch.inference_mode():
+            if self.mode == "pixels" and self.k == 1:
+                adv, steps = self._enumerate(images, rng, evaluate)
+            else:
+                init, propose, render = {"pixels": self._pixels, "patch": self._patch, "frame": self._frame}[self.mode](
+                    images, rng
+                )
+                adv, steps = random_search(init, propose, render, evaluate, len(images), self.queries, images.device)
+        return adv.clone(), {"steps": steps.clone()}
+
+    def _enumerate(self, images, rng, evaluate):
+        """k = 1: walk each image's candidates (position x corner colour), in raster order
+        (exhaustive) or a per-image random order (random search without replacement), many images and
+        candidates per model call, until the first success or the budget."""
+        n, c, h, w = images.shape
+        ncol = 2**c
+        corners = corner_colours(c, images.device)  # (2^C, C)
+        total = h * w * ncol
+        # a candidate equal to the clean pixel changes nothing: push it behind all others and skip it
+        same = (images.permute(0, 2, 3, 1).reshape(n, h * w, 1, c) == corners[None, None]).all(-1).reshape(n, total)
+        key = torch.arange(total, device=images.device, dtype=torch.float32).expand(n, total) / total
+        if not self.exhaustive:
+            key = rng.uniform(total)
+        order = (key + same.float() * 2).argsort(1)  # (n, total)
+        limit = (total - same.sum(1)).clamp_max(total if self.exhaustive else self.queries)
+        ptr = torch.zeros(n, dtype=torch.long, device=images.device)
+        best = torch.full((n,), torch.inf, device=images.device)
+        best_j = order[:, 0].clone()
+        done = torch.zeros(n, dtype=torch.bool, device=images.device)
+        while True:
+            act = ((~done) & (ptr < limit)).nonzero().flatten()
+            if not len(act):
+                break
+            # each image sends 1 candidate per call at first, then ptr/64 (at most max_batch): few wasted
+            # queries after a success (< 2%), full model calls later, and counts that do not depend on
+            # which other images share the batch
+            per = (ptr[act] // 64).clamp(1, self.max_batch)
+            chunk = int(per.max())
+            step = torch.arange(chunk, device=images.device)
+            offs = ptr[act, None] + step
+            valid = (step[None] < per[:, None]) & (offs < limit[act, None])
+            rows, cols = valid.nonzero(as_tuple=True)
+            owner = act[rows]
+            j = order[owner, offs[rows, cols]]
+            x = images.index_select(0, owner)
+            pos = j // ncol
+            x.permute(0, 2, 3, 1)[torch.arange(len(x), device=x.device), pos // w, pos % w] = corners[j % ncol]
+            loss, ok = evaluate(x, owner)
+            # per image: the first succeeding candidate of this call, else the lowest loss
+            score = torch.where(ok, cols.float() - 1e9, loss)
+            low = torch.full((len(act), chunk), torch.inf, device=images.device)
+            low[rows, cols] = score
+            pick = low.argmin(1)
+            jj = torch.zeros((len(act), chunk), dtype=torch.long, device=images.device)
+            jj[rows, cols] = j
+            okm = torch.zeros((len(act), chunk), dtype=torch.bool, device=images.device)
+            okm[rows, cols] = ok
+            lossm = torch.full((len(act), chunk), torch.inf, device=images.device)
+            lossm[rows, cols] = loss
+            a = torch.arange(len(act), device=images.device)
+            hit = okm[a, pick]
+            improve = hit | (lossm[a, pick] < best[act])
+            best_j[act[improve]] = jj[a, pick][improve]
+            best[act[improve]] = lossm[a, pick][improve]
+            done[act[hit]] = True
+            ptr[act] += valid.sum(1)
+        adv = images.clone()
+        pos = best_j // ncol
+        adv.permute(0, 2, 3, 1)[torch.arange(n, device=images.device), pos // w, pos % w] = corners[best_j % ncol]
+        return adv, ptr
+
+    # each threat model: (init, propose, render) over a state tuple of per-image tensors
+    def _pixels(self, images, rng):
+        n, c, h, w = images.shape
+        k = min(self.k, h * w)
+        corners = corner_colours(c, images.device)
+        pixels = images.permute(0, 2, 3, 1).reshape(n, h * w, c)
+
+        def fresh(pos: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            # a corner colour different from the clean pixel at ``pos`` (m, e): such a change does something
+            return other_corner(pixels[idx[:, None], pos], corners, rng, idx)
+
+        def init(idx):
+            perm = rng.uniform(h * w, idx=idx).argsort(1)  # first k: the changed pixels
+            return perm, fresh(perm[:, :k], idx)
+
+        def propose(state, idx, it):
+            perm, col = state
+            e = max(int(p_schedule_pixels(it, self.queries, self.p_init) * k), 1)
+            slot = rng.uniform(k, idx=idx).argsort(1)[:, :e]  # which of the k move
+            dest = k + rng.uniform(h * w - k, idx=idx).argsort(1)[:, :e] if h * w > k else slot  # to which unused place
+            perm = perm.clone()
+            a = torch.arange(len(idx), device=perm.device)[:, None]
+            moved, unused = perm[a, slot], perm[a, dest]
+            perm[a, slot], perm[a, dest] = unused, moved
+            col = col.clone()
+            col[a, slot] = fresh(unused, idx)
+            return perm, col
+
+        def render(state, idx):
+            perm, col = state
+            x = images.index_select(0, idx)
+            pos = perm[:, :k]
+            x.permute(0, 2, 3, 1)[torch.arange(len(x), device=x.device)[:, None], pos // w, pos % w] = col
+            return x
+
+        return init, propose, render
+
+    def _patch(self, images, rng):
+        _n, c, h, w = images.shape
+        s = min(self.size, h, w)
+        corners = corner_colours(c, images.device)
+        ar = torch.arange(s, device=images.device)
+
+        def init(idx):
+            loc = torch.cat([rng.randint(h - s + 1, 1, idx=idx), rng.randint(w - s + 1, 1, idx=idx)], 1)
+            patch = corners[rng.randint(len(corners), s * s, idx=idx)].view(len(idx), s, s, c)  # random corner pixels
+            return loc, patch
+
+        def propose(state, idx, it):
+            loc, patch = state
+            shift = int(max((self.queries - it) / self.queries, 0.0) * 0.75 * h)
+            if it % LOC_PERIOD == 0 and shift > 0:
+                step = rng.randint(2 * shift + 1, 2, idx=idx) - shift
+                hi = torch.tensor([h - s, w - s], device=loc.device)
+                return torch.minimum((loc + step).clamp_min(0), hi), patch
+            q = max(int(math.sqrt(p_schedule_patch(it, self.queries, self.p_init)) * s), 1)
+            q = min(q, s)
+            at = rng.randint(s - q + 1, 2, idx=idx)
+            inside = lambda d: (ar[None] >= at[:, d, None]) & (ar[None] < at[:, d, None] + q)
+            square = inside(0)[:, :, None] & inside(1)[:, None, :]  # (m, s, s)
+            a = torch.arange(len(idx), device=patch.device)
+            current = patch[a, at[:, 0], at[:, 1]][:, None]  # colour at the square's corner
+            colour = (
+                other_corner(current, corners, rng, idx)[:, 0] if q == 1 else corners[rng.randint(len(corners), 1, idx=idx)[:, 0]]
+            )
+            return loc, torch.where(square[..., None], colour[:, None, None], patch)
+
+        def render(state, idx):
+            loc, patch = state
+            x = images.index_select(0, idx)
+            rows, cols = loc[:, 0, None] + ar, loc[:, 1, None] + ar
+            x.permute(0, 2, 3, 1)[torch.arange(len(x), device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]] = (
+                patch
+            )
+            return x
+
+        return init, propose, render
+
+    def _frame(self, images, rng):
+        _n, c, h, w = images.shape
+        corners = corner_colours(c, images.device)
+        mask = frame_mask(h, w, self.width, images.device)  # (1, H, W)
+        where = mask[0].flatten().nonzero().flatten()  # frame pixels
+        ar = torch.arange(max(h, w), device=images.device)
+
+        def init(idx):
+            x = images.index_select(0, idx)
+            col = corners[rng.randint(len(corners), len(where), idx=idx)]  # (m, F, C)
+            x.flatten(2)[:, :, where] = col.transpose(1, 2)
+            return (x,)
+
+        def propose(state, idx, it):
+            (x,) = state
+            q = frame_side(it, self.queries, self.p_init, self.width)
+            a = torch.arange(len(idx), device=x.device)
+            anchor = where[rng.randint(len(where), 1, idx=idx)[:, 0]]
+            sign = rng.randint(2, 2, idx=idx) * 2 - 1  # diagonal direction
+            rows = (anchor[:, None] // w + sign[:, :1] * ar[None, :q]).clamp(0, h - 1)
+            cols = (anchor[:, None] % w + sign[:, 1:] * ar[None, :q]).clamp(0, w - 1)
+            current = x.permute(0, 2, 3, 1)[a, anchor // w, anchor % w][:, None]
+            colour = other_corner(current, corners, rng, idx)[:, 0]
+            new = x.clone()
+            new.permute(0, 2, 3, 1)[a[:, None, None], rows[:, :, None], cols[:, None, :]] = colour[:, None, None]
+            return (torch.where(mask[:, None], new, images.index_select(0, idx)),)
+
+        def render(state, idx):
+            return state[0]
+
+        return init, propose, render
+
+    # ---- hooks for the runner -------------------------------------------------------------------
+    def extra_metrics(self, result) -> dict[str, Any]:
+        out: dict[str, Any] = {"exhaustive": self.exhaustive}
+        ok = result.success
+        if len(ok) and ok.any():
+            q = result.queries[ok].float()
+            out["mean_queries_success"] = float(q.mean())
+            out["median_queries_success"] = float(q.median())
+        return out
+
+
+def random_search(init, propose, render, evaluate, n: int, budget: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The search loop every random-search threat model shares: one proposal per unfinished image
+    and step, kept when its loss is lower or it succeeds; an image stops at its first success."""
+    idx = torch.arange(n, device=device)
+    state = list(init(idx))
+    best, done = evaluate(render(state, idx), idx)
+    steps = torch.ones(n, dtype=torch.long, device=device)
+    for it in range(1, budget):
+        act = (~done).nonzero().flatten()
+        if not len(act):
+            break
+        new = propose(tuple(t[act] for t in state), act, it)
+        loss, ok = evaluate(render(new, act), act)
+        steps[act] += 1
+        keep = ok | (loss < best[act])
+        for t, nt in zip(state, new):
+            t[act[keep]] = nt[keep]
+        best[act[keep]] = loss[keep]
+        done[act[ok]] = True
+    return render(state, idx), steps
+
+
+def margin(logits: torch.Tensor, goal: torch.Tensor, targeted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The margin loss to minimize and success, from logits (untargeted: goal = label)."""
+    z = logits.float()
+    zg = z.gather(1, goal[:, None]).squeeze(1)
+    other = z.scatter(1, goal[:, None], -torch.inf).amax(1)
+    pred = z.argmax(1)
+    return (other - zg, pred == goal) if targeted else (zg - other, pred != goal)
+
+
+def corner_colours(c: int, device) -> torch.Tensor:
+    """The 2^C corners of the colour cube, (2^C, C), corner i's channel j = bit j of i."""
+    i = torch.arange(2**c, device=device)
+    return ((i[:, None] >> torch.arange(c, device=device)) & 1).float()
+
+
+def other_corner(current: torch.Tensor, corners: torch.Tensor, rng, idx: torch.Tensor) -> torch.Tensor:
+    """Random corner colours (m, e, C) that differ from ``current`` (m, e, C) wherever it is a corner."""
+    _m, e, _ = current.shape
+    r0 = rng.randint(len(corners), e, idx=idx)
+    r1 = rng.randint(len(corners) - 1, e, idx=idx)
+    pick = torch.where((corners[r0] == current).all(-1), (r0 + 1 + r1) % len(corners), r0)
+    return corners[pick]
+
+
+def frame_mask(h: int, w: int, width: int, device) -> torch.Tensor:
+    """(1, H, W) bool: True on the border of ``width`` pixels."""
+    r, c = torch.arange(h, device=device), torch.arange(w, device=device)
+    rows = (r < width) | (r >= h - width)
+    cols = (c < width) | (c >= w - width)
+    return (rows[:, None] | cols[None, :])[None]

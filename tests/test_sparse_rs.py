@@ -1,0 +1,212 @@
+"""Sparse-RS: the threat models hold (k pixels, a patch, a frame, [0, 1]), a batch equals one image at a
+time, the exhaustive one-pixel check finds a planted weakness and proves its absence, targeted mode,
+queries stop at success."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fragility.attacks.sparse_rs import SparseRS, corner_colours, frame_mask, p_schedule_patch, p_schedule_pixels
+from fragility.errors import ConfigError
+from fragility.models.wrapper import Classifier
+
+MODES = [
+    {"mode": "pixels", "k": 1},
+    {"mode": "pixels", "k": 3},
+    {"mode": "patch", "size": 3},
+    {"mode": "frame", "width": 1},
+    {"mode": "pixels", "k": 1, "exhaustive": True},
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class PlantedPixelNet(nn.Module):
+    """Two classes on 3x8x8 images. Class 1 wins only when pixel (5, 3) is exactly the corner colour
+    (1, 0, 1) and pixel (0, 0) is white. An image with a white (0, 0) has a single one-pixel weakness
+    among its 64 x 8 corner candidates; any other image needs two pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def forward(self, x):
+        x = x * 0.25 + 0.5  # undo the wrapper's normalization
+        p = x[:, :, 5, 3]
+        l1 = 4 * (p[:, 0] + (1 - p[:, 1]) + p[:, 2]) - 11  # 1 at (1, 0, 1); <= -1 if any channel is off by 0.5
+        l1 = l1 + 10 * (x[:, :, 0, 0].mean(1) - 1)  # the lock: 0 when (0, 0) is white, <= -5 when grey
+        return torch.stack([torch.full_like(l1, 0.5), l1], 1)
+
+
+@pytest.fixture
+def planted():
+    return Classifier(
+        PlantedPixelNet(), mean=[0.5] * 3, std=[0.25] * 3, input_size=(3, 8, 8), class_names=["a", "b"], name="planted"
+    )
+
+
+def changed(adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) bool: pixels that differ in any channel."""
+    return (adv != x).any(1)
+
+
+@pytest.mark.parametrize("kw", MODES, ids=lambda kw: "-".join(str(v) for v in kw.values()))
+def test_threat_model_and_range(kw, tiny_model, tiny_batch):
+    x, y = tiny_batch
+    res = SparseRS(queries=60, **kw)(tiny_model, x, y)
+    assert res.adv.min() >= 0 and res.adv.max() <= 1
+    ch = changed(res.adv, x)
+    if kw["mode"] == "pixels":
+        assert (ch.flatten(1).sum(1) == kw["k"]).all()  # exactly k: a corner colour that equals the pixel is never drawn
+        corners = corner_colours(3, "cpu")
+        new = res.adv.permute(0, 2, 3, 1)[ch]  # (N*k, 3)
+        assert (new[:, None] == corners[None]).all(-1).any(1).all()  # every changed pixel is a cube corner
+    elif kw["mode"] == "patch":
+        s = kw["size"]
+        for m in ch:
+            r, c = m.nonzero(as_tuple=True)
+            assert len(r) and int(r.max() - r.min()) < s and int(c.max() - c.min()) < s
+    else:
+        assert not (ch & ~frame_mask(8, 8, kw["width"], "cpu")).any()
+        assert ch.any()
+
+
+@pytest.mark.parametrize("mode", ["pixels", "patch", "frame"])
+def test_project_enforces_threat_model(mode):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 8, 8, generator=g)
+    adv = torch.rand(4, 3, 8, 8, generator=g)  # changes everywhere
+    out = SparseRS(mode=mode, k=2, size=3, width=1).project(adv, x)
+    ch = changed(out, x)
+    if mode == "pixels":
+        assert (ch.flatten(1).sum(1) == 2).all()
+    elif mode == "patch":
+        assert (ch.flatten(1).sum(1) == 9).all()
+        for m in ch:
+            r, c = m.nonzero(as_tuple=True)
+            assert int(r.max() - r.min()) == 2 and int(c.max() - c.min()) == 2
+    else:
+        assert torch.equal(ch, frame_mask(8, 8, 1, "cpu").expand(4, 8, 8))
+    assert torch.equal(out[ch[:, None].expand_as(out)], adv[ch[:, None].expand_as(adv)])  # kept pixels keep their values
+
+
+@pytest.mark.parametrize("kw", MODES, ids=lambda kw: "-".join(str(v) for v in kw.values()))
+def test_batch_equals_one_at_a_time(kw, tiny_model, tiny_batch):
+    x, y = tiny_batch
+    x, y = x[:6], y[:6]
+    attack = SparseRS(queries=80, **kw)
+    whole = attack(tiny_model, x, y)
+    for i in range(len(x)):
+        one = attack(tiny_model, x[i : i + 1], y[i : i + 1])
+        assert torch.equal(one.adv[0], whole.adv[i])
+        assert bool(one.success[0]) == bool(whole.success[i])
+        assert int(one.queries[0]) == int(whole.queries[i])
+
+
+def test_seed_changes_the_search(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    a = SparseRS(mode="pixels", k=3, queries=30, seed=0)(tiny_model, x, y)
+    b = SparseRS(mode="pixels", k=3, queries=30, seed=1)(tiny_model, x, y)
+    again = SparseRS(mode="pixels", k=3, queries=30, seed=0)(tiny_model, x, y)
+    assert torch.equal(a.adv, again.adv) and not torch.equal(a.adv, b.adv)
+
+
+def grey(n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    return (0.5 + 0.05 * torch.randn(n, 3, 8, 8, generator=g)).clamp(0, 1)
+
+
+def test_exhaustive_finds_the_planted_pixel(planted):
+    x = grey(5)
+    x[:, :, 0, 0] = 1.0  # unlock: a white corner pixel, so also one no-op candidate (skipped)
+    y = torch.zeros(5, dtype=torch.long)
+    assert (planted(x).argmax(1) == 0).all()
+    attack = SparseRS(mode="pixels", k=1, exhaustive=True)
+    assert attack.params()["exhaustive"] is True and "queries" not in attack.params()
+    res = attack(planted, x, y)
+    assert res.success.all()
+    ch = changed(res.adv, x)
+    assert (ch.flatten(1).sum(1) == 1).all() and ch[:, 5, 3].all()
+    assert torch.equal(res.adv[:, :, 5, 3], torch.tensor([1.0, 0.0, 1.0]).expand(5, 3))
+    # raster order: position (5, 3) is block 43 of 64, colour (1, 0, 1) is corner 5: candidate 350, the
+    # 349th once the no-op at (0, 0) is skipped; by then an image sends 5 candidates per call, so it
+    # stops within 4 more
+    assert ((res.queries >= 349) & (res.queries <= 349 + 4)).all()
+
+
+def test_exhaustive_failure_is_complete(planted):
+    """Locked images (grey (0, 0)) need two pixels: the check proves that one is not enough by
+    trying all 64 x 8 candidates, whatever the query budget says."""
+    x = grey(2)
+    x[:, :, 3, 3] = torch.tensor([1.0, 0.0, 1.0])  # a pixel that is a corner already: one no-op candidate
+    y = torch.zeros(2, dtype=torch.long)
+    res = SparseRS(mode="pixels", k=1, exhaustive=True, queries=10)(planted, x, y)
+    assert not res.success.any()
+    assert (res.queries == 64 * 8 - 1).all()  # every (position, corner) pair but the no-op
+
+
+def test_random_order_k1_finds_it_too_and_stops_early(planted):
+    x = grey(4)
+    x[:, :, 0, 0] = 1.0
+    y = torch.zeros(4, dtype=torch.long)
+    res = SparseRS(mode="pixels", k=1, queries=512)(planted, x, y)
+    assert res.success.all()  # sampling without replacement: complete within 64 x 8 queries
+    assert res.queries.float().mean() < 512
+    short = SparseRS(mode="pixels", k=1, queries=20)(planted, x, y)
+    assert (short.queries[~short.success] == 20).all()
+
+
+@pytest.mark.parametrize("kw", [{"mode": "pixels", "k": 4}, {"mode": "patch", "size": 3}])
+def test_targeted(kw, tiny_model, tiny_batch):
+    x, y = tiny_batch
+    attack = SparseRS(queries=300, targeted=True, **kw)
+    res = attack(tiny_model, x, y)
+    t = res.targets
+    assert t is not None and (t != y).all()
+    assert res.success.float().mean() >= 0.5
+    with torch.inference_mode():
+        pred = tiny_model(res.adv).argmax(1)
+    assert torch.equal(pred == t, res.success)  # success means the target class, not just another one
+    assert attack.params()["target"] == "other"
+    fixed = SparseRS(queries=50, target=3, **kw)(tiny_model, x, y)
+    assert (fixed.targets == 3).all()
+
+
+@pytest.mark.parametrize("kw", MODES[:4], ids=lambda kw: "-".join(str(v) for v in kw.values()))
+def test_queries_stop_at_success(kw, tiny_model, tiny_batch):
+    x, y = tiny_batch
+    budget = 40
+    res = SparseRS(queries=budget, **kw)(tiny_model, x, y)
+    q, ok = res.queries, res.success
+    assert ok.any() and (q >= 1).all() and (q <= budget).all()
+    assert (q[~ok] == budget).all()  # failures spend the whole budget, no more
+    if kw["k" if "k" in kw else "mode"] != 1:  # one query per step: the count is the step that succeeded
+        assert torch.equal(q, res.extras["steps"])
+    assert q[ok].float().mean() < budget
+
+
+def test_settings_refused():
+    with pytest.raises(ConfigError, match="exhaustive"):
+        SparseRS(mode="pixels", k=3, exhaustive=True)
+    with pytest.raises(ConfigError, match="mode"):
+        SparseRS(mode="lines")
+    with pytest.raises(ConfigError, match="queries"):
+        SparseRS(queries=0)
+
+
+def test_schedules_follow_the_paper():
+    assert p_schedule_pixels(0, 10000, 0.3) == pytest.approx(0.3)
+    assert p_schedule_pixels(100, 10000, 0.3) == pytest.approx(0.3 / 4)
+    assert p_schedule_pixels(9000, 10000, 0.3) == pytest.approx(0.3 / 20)
+    assert p_schedule_pixels(10, 1000, 0.3) == pytest.approx(0.3 / 4)  # clock rescaled to 10,000 steps
+    assert p_schedule_patch(5, 10000, 0.4) == pytest.approx(0.4)
+    assert p_schedule_patch(9000, 10000, 0.4) == pytest.approx(0.4 / 512)
+    a = SparseRS(mode="patch", size=4)
+    assert a.budget == 4 and a.norm == "l0_patch" and SparseRS().norm == "l0"
