@@ -30,10 +30,13 @@ uses corner colours. Candidates equal to the clean pixel are skipped (they chang
 
 Margin loss on logits: untargeted ``z_y - max_{j != y} z_j``, targeted ``max_{j != t} z_j - z_t``;
 an image stops at the first candidate that the model misclassifies (targeted: puts in the target
-class), and its queries stop there (every candidate that went through the model is counted; in
-the batched modes that is the candidate that succeeded plus the others of the same model call).
-Batched over images; every random draw comes from the image's own stream, so a batch gives the
-same result as one image at a time.
+class), and its queries (counted by the base class's ``QueryCounter``) stop there. The random
+searches send one candidate per image and step, so their count is exactly the step that succeeded.
+The k = 1 walks (random order and exhaustive) send an image's candidates in growing groups (1 per
+model call for its first 128 candidates, then ``candidates tried / 64``, at most ``max_batch``), so
+fewer than 2% of its count can be candidates sent after its success in the same call.
+Batched over images; every random draw comes from the image's own stream and every group size from
+the image's own progress, so a batch gives the same result and counts as one image at a time.
 
 Example::
 
@@ -86,6 +89,8 @@ class SparseRS(Attack):
     name = "sparse_rs"
     norm = "l0"
     needs_gradients = False
+    #: per image: search steps (random search) or candidates tried (k = 1 walks)
+    sample_extras = ("steps",)
 
     def __init__(
         self,
