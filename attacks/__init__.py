@@ -5,5 +5,6 @@ from fragility.attacks.fgsm import FGSM
 from fragility.attacks.onepixel import OnePixel
 from fragility.attacks.patch import Patch
 from fragility.attacks.pgd import PGD
+from fragility.attacks.square import Square
 
-__all__ = ["FGSM", "PGD", "Attack", "AttackResult", "OnePixel", "Patch"]
+__all__ = ["FGSM", "PGD", "Attack", "AttackResult", "OnePixel", "Patch", "Square"]

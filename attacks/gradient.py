@@ -10,11 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from fragility.attacks.base import Attack
+from fragility.attacks.losses import LossFn, get_loss
 from fragility.budget import parse_budget
 from fragility.errors import ConfigError
 from fragility.rng import SampleRNG
 
 NORMS = ("linf", "l2")
+
+
+def check_loss(loss: str) -> str:
+    """Validate a ``loss=`` option (``ce``, ``margin``, ``dlr``); returns it lower-cased."""
+    get_loss(loss)
+    return str(loss).lower()
 
 
 def check_norm(norm: str) -> str:
@@ -24,17 +31,32 @@ def check_norm(norm: str) -> str:
     return norm
 
 
-def loss_gradient(model, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+def loss_gradient(model, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None, loss: str = "ce") -> torch.Tensor:
     """Gradient of the attack objective w.r.t. ``x``: ascend cross-entropy on the label, or
-    descend it on the target. Only the input gradient is computed (no weight gradients)."""
+    descend it on the target (``loss="ce"``, the default), or ascend the margin / DLR loss of
+    :mod:`fragility.attacks.losses`. Only the input gradient is computed (no weight gradients)."""
+    if loss != "ce":
+        return loss_and_gradient(model, x, labels, targets, get_loss(loss))[1]
     x = x.detach().requires_grad_(True)
     logits = model(x)
     if targets is None:
-        loss = F.cross_entropy(logits, labels, reduction="sum")
+        value = F.cross_entropy(logits, labels, reduction="sum")
     else:
-        loss = -F.cross_entropy(logits, targets, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x)
+        value = -F.cross_entropy(logits, targets, reduction="sum")
+    (grad,) = torch.autograd.grad(value, x)
     return grad
+
+
+def loss_and_gradient(
+    model, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None, loss_fn: LossFn, idx: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample loss (to ascend), its input gradient and the logits, from one forward and one
+    backward pass. ``idx`` is passed to the query counter when ``x`` is a subset of the batch."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x) if idx is None else model(x, idx=idx)
+    values = loss_fn(logits, labels, targets)
+    (grad,) = torch.autograd.grad(values.sum(), x)
+    return values.detach(), grad, logits.detach()
 
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:

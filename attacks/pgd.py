@@ -3,7 +3,8 @@
 Madry, Makelov, Schmidt, Tsipras, Vladu, "Towards Deep Learning Models Resistant to Adversarial
 Attacks", ICLR 2018. ``steps`` ascent steps of size ``step_size`` (default ``2.5 * eps / steps``),
 each projected onto the Linf or L2 ball of radius ``eps`` and onto [0, 1]. With ``restarts > 1``
-each sample keeps its first successful restart (or the last one).
+each sample keeps its first successful restart (or the last one). ``loss``: ``ce`` (default),
+``margin`` or ``dlr`` (:mod:`fragility.attacks.losses`).
 
 Example::
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from fragility.attacks.gradient import LpAttack, ascent_step, loss_gradient, project, random_start
+from fragility.attacks.gradient import LpAttack, ascent_step, check_loss, loss_gradient, project, random_start
 from fragility.budget import parse_budget
 from fragility.errors import ConfigError
 
@@ -32,6 +33,7 @@ class PGD(LpAttack):
         step_size: float | str | None = None,
         random_start: bool = True,
         restarts: int = 1,
+        loss: str = "ce",
         target=None,
         seed: int = 0,
     ) -> None:
@@ -41,9 +43,13 @@ class PGD(LpAttack):
         self.steps, self.restarts = int(steps), int(restarts)
         self.step_size = parse_budget(step_size, "step_size") if step_size is not None else 2.5 * self.eps / self.steps
         self.random_start = bool(random_start)
+        self.loss = check_loss(loss)
 
     def params(self):
-        return {"norm": self.norm_name, "eps": self.eps, "steps": self.steps, "restarts": self.restarts}
+        p = {"norm": self.norm_name, "eps": self.eps, "steps": self.steps, "restarts": self.restarts}
+        if self.loss != "ce":  # the default keeps the leaderboard rows of earlier runs unchanged
+            p["loss"] = self.loss
+        return p
 
     def _run(self, model, images, labels, targets, rng):
         if self.eps == 0:
@@ -53,7 +59,7 @@ class PGD(LpAttack):
         for _ in range(self.restarts):
             x = random_start(images, self.norm_name, self.eps, rng) if self.random_start else images.clone()
             for _ in range(self.steps):
-                grad = loss_gradient(model, x, labels, targets)
+                grad = loss_gradient(model, x, labels, targets, self.loss)
                 x = project(x + ascent_step(grad, self.norm_name, self.step_size), images, self.norm_name, self.eps)
                 x = x.clamp_(0, 1)
             if self.restarts == 1:
