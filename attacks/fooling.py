@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -139,22 +138,6 @@ class Fooling(Attack):
             "mean_target_conf": float(result.extras["target_conf"].mean()) if len(ok) else math.nan,
             "max_steps_per_target": per_class,
         }
-
-    def figures(self, ctx) -> dict[str, Path]:
-        """A grid of the first fooling images, each titled with its target and confidence."""
-        from fragility.benchmarks.visualize import image_grid
-
-        ex = ctx.examples
-        if not ex or not len(ex["adv"]):
-            return {}
-        adv = ex["adv"]
-        with torch.no_grad():
-            p = torch.softmax(ctx.model(adv.to(ctx.device)).float(), 1).cpu()
-        conf, pred = p.max(1)
-        names = ctx.model.class_names
-        titles = [f"{names[int(k)]}\n{float(c):.4%}" for k, c in zip(pred, conf)]
-        path = image_grid(adv, titles, ctx.run_dir / "fooling.png", title=f"{ctx.model.name}: fooling images ({self.describe()})")
-        return {"fooling": path}
 
 
 def _is_listconfig(v: Any) -> bool:

@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -222,28 +221,6 @@ class OnePixel(Attack):
             out["mean_queries_success"] = float(result.queries[ok].float().mean())
         return out
 
-    def figures(self, ctx) -> dict[str, Path]:
-        ex = ctx.examples
-        if not ex or not len(ex["clean"]):
-            return {}
-        with torch.inference_mode():
-            p = torch.softmax(ctx.model(ex["adv"].to(ctx.device)).float(), 1).cpu()
-        conf, pred = p.max(1)
-        idx = ex["idx"]
-        path = circled_grid(
-            ex["clean"],
-            ex["adv"],
-            ex["labels"],
-            ctx.clean_pred[idx],
-            ctx.clean_conf[idx],
-            pred,
-            conf,
-            ctx.model.class_names,
-            Path(ctx.run_dir) / "onepixel.png",
-            title=f"{ctx.model.name} / {self.name} {self.describe()}",
-        )
-        return {"onepixel": path}
-
 
 def _positions(cand: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Integer (row, col) of candidates (..., k, 2 + C)."""
@@ -258,49 +235,3 @@ def paint(images: torch.Tensor, owner: torch.Tensor, cand: torch.Tensor) -> torc
     rows, cols = _positions(cand, x.shape[2], x.shape[3])
     x.permute(0, 2, 3, 1)[torch.arange(len(x), device=x.device)[:, None], rows, cols] = cand[..., 2:].to(x.dtype)
     return x
-
-
-def circled_grid(
-    clean, adv, labels, clean_pred, clean_conf, adv_pred, adv_conf, class_names, path, title: str = "", k: int = 8
-) -> Path:
-    """Two rows (clean, attacked) of ``k`` images, the changed pixels circled, with labels and
-    confidences before and after."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Circle
-
-    k = min(k, len(clean))
-    name = lambda i: class_names[int(i)] if 0 <= int(i) < len(class_names) else str(int(i))
-    fig, axes = plt.subplots(2, k, figsize=(1.8 * k, 4.2), squeeze=False)
-    for j in range(k):
-        changed = ((adv[j] - clean[j]).abs().amax(0) > 0).nonzero()
-        for r, img in enumerate((clean[j], adv[j])):
-            ax = axes[r, j]
-            im = img.detach().cpu().float().clamp(0, 1)
-            ax.imshow(
-                im[0] if im.shape[0] == 1 else im.permute(1, 2, 0),
-                cmap="gray" if im.shape[0] == 1 else None,
-                vmin=0,
-                vmax=1,
-                interpolation="nearest",
-            )
-            ax.set_xticks([])
-            ax.set_yticks([])
-            radius = max(1.5, img.shape[-1] / 12)
-            for yy, xx in changed.tolist():
-                ax.add_patch(Circle((xx, yy), radius, fill=False, color="yellow" if r else "cyan", lw=1.4))
-        axes[0, j].set_title(f"true {name(labels[j])}\n{name(clean_pred[j])} {float(clean_conf[j]):.0%}", fontsize=7)
-        fooled = int(adv_pred[j]) != int(labels[j])
-        axes[1, j].set_title(f"{name(adv_pred[j])} {float(adv_conf[j]):.0%}", fontsize=7, color="crimson" if fooled else "black")
-    axes[0, 0].set_ylabel("clean", fontsize=8)
-    axes[1, 0].set_ylabel("attacked", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

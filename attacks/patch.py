@@ -48,6 +48,7 @@ _DEFAULTS = {"area": 0.1, "shape": "square", "rotation": 22.5, "scale": (0.8, 1.
 class Patch(Attack):
     name = "patch"
     norm = "patch"
+    trains = True  # the runner calls prepare() with training images before scoring
 
     def __init__(
         self,
@@ -236,17 +237,13 @@ class Patch(Attack):
         }
         return self
 
-    def prepare(self, *, model, cfg, device, seed, progress) -> None:
-        """Runner hook: train on the training split (or use the loaded patch), held out from the
-        images the runner is about to score."""
-        from fragility.benchmarks.config import safe_instantiate
-        from fragility.datasets import align_labels
-
-        allowed = list(cfg.get("allowed_targets") or [])
-        eval_source = safe_instantiate(cfg.dataset, allowed)
-        eval_data = eval_source.load(int(cfg.n_samples), int(seed), model.input_size)
-        self._summary = {"eval_data": data_label(eval_source, eval_data)}
-        if self.patch is not None:  # loaded: re-applied as is (fine-tune from Python with fit)
+    def prepare(self, model, *, train, held_out, device, progress: bool = False) -> None:
+        """Runner hook (``trains = True``): train on ``train`` (an ImageSet the runner loaded: the
+        source's train split, ``train_dataset`` or the source itself), with every image identical
+        to one in ``held_out`` (the images about to be scored) dropped first; a loaded patch is
+        re-applied as is (fine-tune from Python with :meth:`fit`)."""
+        self._summary = {"eval_data": held_out.name}
+        if self.patch is not None:
             self._summary.update(
                 source="loaded",
                 patch_file=self.load_path,
@@ -254,13 +251,7 @@ class Patch(Attack):
                 trained_model=self.info.get("model"),
             )
             return
-        train_source = self._train_source(cfg, eval_source, allowed)
-        train = train_source.load(self.train_n, int(seed) + 1, model.input_size)
-        if train.image_size != tuple(model.input_size):
-            raise InputError(f"training data {train.name} has {train.image_size} images, model expects {model.input_size}")
-        train = align_labels(train, model.class_names)
-        train.name = data_label(train_source, train)
-        train, dropped = drop_overlap(train, eval_data)
+        train, dropped = drop_overlap(train, held_out)
         self.fit(model, train, progress=progress, device=device)
         self._summary.update(
             source="trained",
@@ -270,29 +261,6 @@ class Patch(Attack):
             train_seconds=self.info["train_seconds"],
             seconds_per_step=self.info["seconds_per_step"],
         )
-
-    def _train_source(self, cfg, eval_source, allowed):
-        """``train_dataset`` if given; else the evaluated source with ``train_path`` or its train split;
-        else the same source (its images outside the evaluated subset)."""
-        from omegaconf import OmegaConf
-
-        from fragility.benchmarks.config import safe_instantiate
-
-        if self.train_dataset is not None:
-            src = self.train_dataset
-            return safe_instantiate(OmegaConf.create(dict(src)), allowed) if not hasattr(src, "load") else src
-        node = OmegaConf.to_container(cfg.dataset, resolve=True)
-        target = str(node.get("_target_", ""))
-        if self.train_path:
-            key = "root" if target.endswith("ImageFolder") else "path"
-            node[key] = self.train_path
-        elif target.endswith(".Digits"):
-            node["split"] = "train"
-        elif target.endswith(".Cifar10"):
-            node["train"] = True
-        else:
-            return eval_source  # held out by drop_overlap
-        return safe_instantiate(OmegaConf.create(node), allowed)
 
     # ---- evaluation ------------------------------------------------------------------------
     def _run(self, model, images, labels, targets, rng):
@@ -369,20 +337,6 @@ class Patch(Attack):
         png.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=str))
         return png
 
-    def figures(self, ctx) -> dict[str, Path]:
-        from fragility.benchmarks.patch_figures import area_curve, patched_grid, sticker
-
-        if self.patch is None:
-            return {}
-        figs = {"patch_png": self.save(ctx.run_dir / "patch.png")}
-        if self.save_path:
-            self.save(self.save_path)
-        figs["patch"] = sticker(self, ctx.run_dir / "patch_view.png")
-        figs["patched"] = patched_grid(self, ctx, ctx.run_dir / "patched.png")
-        if self.curve_areas:
-            figs["area_curve"] = area_curve(self, ctx, self.curve_areas, ctx.run_dir / "area_curve.png")
-        return figs
-
 
 def frozen_copy(model: torch.nn.Module, probe: torch.Tensor) -> torch.nn.Module:
     """An eval-mode copy of ``model`` for patch training, with no weight gradients, BatchNorm folded
@@ -411,13 +365,6 @@ def frozen_copy(model: torch.nn.Module, probe: torch.Tensor) -> torch.nn.Module:
     except (torch.fx.proxy.TraceError, TypeError, RuntimeError, AttributeError, NotImplementedError, KeyError):
         net = plain()  # not traceable: the unfused copy
     return net.to(memory_format=torch.channels_last)
-
-
-def data_label(source, data) -> str:
-    """``cifar10-test`` for an npz/folder source named cifar10 read from test.npz; else the data's name."""
-    p = getattr(source, "path", None) or getattr(source, "root", None)
-    stem = Path(p).stem if p else ""
-    return f"{data.name}-{stem}" if stem and stem not in data.name else data.name
 
 
 def quantize(patch: torch.Tensor) -> torch.Tensor:

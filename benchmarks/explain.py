@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from fragility.benchmarks.figures import save_figure
+from fragility.defenses import DefendedClassifier, adaptive_mode
 from fragility.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -162,15 +163,10 @@ def explain_figures(ctx, attack) -> dict[str, Path]:
     clean, adv = ex["clean"][:k].to(ctx.device), ex["adv"][:k].to(ctx.device)
     # Input transformations such as JPEG pass no gradient (all maps would be zero): explain through
     # a defense with its adaptive surrogate (BPDA identity backward, EOT average), as attacks do.
-    wrapped = [(m, m.adaptive) for m in model.modules() if hasattr(m, "defense") and hasattr(m, "adaptive")]
-    try:
-        for m, _ in wrapped:
-            m.adaptive = True
+    wrapped = any(isinstance(m, DefendedClassifier) for m in model.modules())
+    with adaptive_mode(model, True):
         cm, cp, cc = explain(model, clean)
         am, ap, ac = explain(model, adv)
-    finally:
-        for m, flag in wrapped:
-            m.adaptive = flag
     names = model.class_names
     ct = [f"clean: {names[int(p)]} {float(c):.0%}" for p, c in zip(cp, cc)]
     at = [f"{attack.name}: {names[int(p)]} {float(c):.0%}" for p, c in zip(ap, ac)]

@@ -30,6 +30,24 @@ def perturbation_norms(clean: np.ndarray, adv: np.ndarray) -> dict[str, np.ndarr
     }
 
 
+#: the metrics of :func:`compute_metrics` that a :class:`~fragility.benchmarks.record.RunRecord` stores
+METRIC_FIELDS = (
+    "n",
+    "clean_acc",
+    "robust_acc",
+    "n_attacked",
+    "success_rate",
+    "success_ci_low",
+    "success_ci_high",
+    "mean_queries",
+    "mean_linf",
+    "mean_l2",
+    "mean_l0",
+    "mean_conf",
+    "mean_true_conf",
+)
+
+
 def compute_metrics(samples: pd.DataFrame) -> dict[str, float]:
     """``samples`` columns: label, clean_pred, adv_pred, target (or -1), success, queries,
     pred_conf, true_conf, linf, l2, l0."""

@@ -99,4 +99,5 @@ SAMPLE_COLUMNS = {
     "linf": "REAL",
     "l2": "REAL",
     "l0": "REAL",
+    "extras": "TEXT",  # JSON of the attack's per-sample extras (e.g. which ensemble member broke it)
 }

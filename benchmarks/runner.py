@@ -12,10 +12,17 @@ EOT, see :mod:`fragility.defenses.base`), each stored as its own record with ``v
 its own config hash; ``run`` returns the worst of them. ``defense.adaptive=false`` skips the
 adaptive variant. A certifying defense (smoothing) adds certified accuracy to every record.
 
-Attacks can hook into the run with optional methods:
-- ``prepare(model=, cfg=, device=, seed=, progress=)``: work before evaluation (e.g. train a patch);
+The path of one run: :func:`run` checks the store, :meth:`Trial.build` builds the model behind
+its defense, the data and the attack and scores the clean images, :meth:`Trial.score` attacks
+the correctly classified images in one variant (inside :func:`~fragility.defenses.adaptive_mode`)
+and writes one :class:`RunRecord` plus per-sample facts; the leaderboards are rendered last.
+
+What attacks may offer the runner (all optional):
+- ``trains = True`` and ``prepare(model, train=, held_out=, device=, progress=)``: learn before
+  evaluation (the patch); the runner hands it :meth:`Trial.training_data`;
 - ``extra_metrics(result) -> dict``: numbers for the record's ``extra_json``;
-- ``figures(ctx) -> dict[name, Path]``: attack-specific pictures (``ctx`` is a :class:`RunContext`).
+- ``sample_extras``: names of per-sample tensors in ``result.extras`` stored with each sample;
+- pictures are drawn by :mod:`fragility.benchmarks.figures` from the result.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +42,16 @@ from tqdm.auto import tqdm
 
 from fragility.attacks.base import AttackResult
 from fragility.benchmarks.config import safe_instantiate
-from fragility.benchmarks.figures import adversarial_grid
-from fragility.benchmarks.leaderboard import write_leaderboards
-from fragility.benchmarks.metrics import compute_metrics, perturbation_norms
+from fragility.benchmarks.explain import explain_figures
+from fragility.benchmarks.figures import run_figures
+from fragility.benchmarks.leaderboard import COLUMNS, defense_leaderboard, log_wandb_table, write_leaderboards
+from fragility.benchmarks.metrics import METRIC_FIELDS, compute_metrics, perturbation_norms
 from fragility.benchmarks.provenance import config_hash, now, versions
 from fragility.benchmarks.record import RunRecord
 from fragility.benchmarks.store import ResultStore
 from fragility.benchmarks.wandb_logger import NullLogger
-from fragility.datasets import ImageSet, align_labels
-from fragility.defenses.base import set_adaptive
+from fragility.datasets import ImageSet, align_labels, source_label
+from fragility.defenses import adaptive_mode
 from fragility.errors import ConfigError, InputError
 from fragility.models.predict import predict
 from fragility.rng import mix64
@@ -132,71 +140,217 @@ def run(cfg: DictConfig) -> RunRecord:
     store = ResultStore(cfg.results_dir)
     results_dir = Path(cfg.results_dir)
     force = bool(cfg.get("force", False))
-    if all(store.has(h) for h in hashes.values()) and not force:
-        recs = [store.get(h) for h in hashes.values()]
-        for rec in recs:
+    done = {v: store.get(h) for v, h in hashes.items()} if not force else {}
+    if not force and all(rec is not None for rec in done.values()):
+        for rec in done.values():
             print(
-                f"[fragility] {rec.model} / {rec.attack} {rec.params}{_vtag(rec)}: already in {store.path} (config {rec.config_hash}); force=true re-runs it"
+                f"[fragility] {rec.model} / {rec.attack} {rec.params}{_vtag(rec)}: already in {store.path} "
+                f"(config {rec.config_hash}); force=true re-runs it"
             )
         write_leaderboards(store.records(), results_dir)
-        return worst_record(recs)
+        return worst_record(list(done.values()))
 
-    device = resolve_device(cfg.device)
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))
-    model = build_model(cfg, device, defense)
-    source = safe_instantiate(cfg.dataset, allowed)
-    data = source.load(n_samples, seed, model.input_size)
-    if data.image_size != tuple(model.input_size):
-        c, hh, ww = model.input_size
-        raise InputError(
-            f"dataset {data.name} has {'x'.join(map(str, data.image_size))} images but model {model.name} expects {c}x{hh}x{ww}"
-        )
-    data = align_labels(data, model.class_names)
-    attack = safe_instantiate(cfg.attack, allowed)
-    progress = bool(cfg.get("progress", True))
-    set_adaptive(model, False)
-
-    clean_pred, clean_conf = predict(model, data, batch_size, device)
-    certified = _certify(model, data, batch_size, device, progress) if defense is not None else {}
-    records = []
-    for variant in variants:
-        h = hashes[variant]
-        if store.has(h) and not force:
-            records.append(store.get(h))
-            continue
-        set_adaptive(model, variant == "adaptive")
-        try:
-            rec = _score_variant(
-                cfg,
-                resolved,
-                h,
-                variant,
-                model,
-                defense,
-                data,
-                attack,
-                clean_pred,
-                clean_conf,
-                certified,
-                store,
-                results_dir,
-                device,
-                seed,
-                batch_size,
-                progress,
-                allowed,
-            )
-        finally:
-            set_adaptive(model, False)
-        records.append(rec)
+    trial = Trial.build(cfg, resolved, defense, store, n_samples=n_samples, seed=seed, batch_size=batch_size)
+    records = [done.get(v) or trial.score(v, hashes[v]) for v in variants]
     write_leaderboards(store.records(), results_dir)
     if len(records) > 1:
         w = worst_record(records)
         print(
-            f"[fragility] {w.defense}: reported robust accuracy (worst of {', '.join(r.variant for r in records)}) {w.robust_acc:.1%} ({w.variant})"
+            f"[fragility] {w.defense}: reported robust accuracy (worst of {', '.join(r.variant for r in records)}) "
+            f"{w.robust_acc:.1%} ({w.variant})"
         )
     return worst_record(records)
+
+
+@dataclass
+class Trial:
+    """One experiment once its inputs are built: the model (behind its defense), the data, the
+    attack and the clean predictions. :meth:`score` attacks it in one variant and writes a record."""
+
+    cfg: DictConfig
+    resolved: dict
+    model: torch.nn.Module
+    defense: Any
+    source: Any
+    data: ImageSet
+    attack: Any
+    clean_pred: torch.Tensor
+    clean_conf: torch.Tensor
+    certified: dict[str, Any]
+    store: ResultStore
+    device: torch.device
+    seed: int
+    batch_size: int
+    progress: bool
+    allowed: list[str]
+
+    @classmethod
+    def build(cls, cfg, resolved, defense, store, *, n_samples: int, seed: int, batch_size: int) -> Trial:
+        allowed = list(cfg.get("allowed_targets") or [])
+        device = resolve_device(cfg.device)
+        torch.manual_seed(seed)
+        np.random.seed(seed % (2**32))
+        model = build_model(cfg, device, defense)
+        source = safe_instantiate(cfg.dataset, allowed)
+        data = load_matching(source, n_samples, seed, model, "dataset")
+        attack = safe_instantiate(cfg.attack, allowed)
+        progress = bool(cfg.get("progress", True))
+        with adaptive_mode(model, False):
+            clean_pred, clean_conf = predict(model, data, batch_size, device)
+            certified = _certify(model, data, batch_size, device, progress) if defense is not None else {}
+        return cls(
+            cfg,
+            resolved,
+            model,
+            defense,
+            source,
+            data,
+            attack,
+            clean_pred,
+            clean_conf,
+            certified,
+            store,
+            device,
+            seed,
+            batch_size,
+            progress,
+            allowed,
+        )
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.cfg.results_dir)
+
+    @property
+    def defense_name(self) -> str:
+        if self.defense is not None:
+            return self.defense.label()
+        return str((self.cfg.get("defense") or {}).get("name", "none"))
+
+    def training_data(self) -> ImageSet:
+        """Training images for an attack that learns (the patch): ``attack.train_dataset`` when
+        given, else the evaluated source's own train split, else the evaluated source itself (the
+        attack drops the evaluated images from it)."""
+        given = getattr(self.attack, "train_dataset", None)
+        if given is not None:
+            source = given if hasattr(given, "load") else safe_instantiate(OmegaConf.create(dict(given)), self.allowed)
+        else:
+            source = self.source.train_split(getattr(self.attack, "train_path", None)) or self.source
+        data = load_matching(source, getattr(self.attack, "train_n", None), self.seed + 1, self.model, "training data")
+        return replace(data, name=source_label(source, data))
+
+    def score(self, variant: str, config_hash: str) -> RunRecord:
+        """Attack the initially correct samples once in ``variant``, store the record, log it."""
+        with adaptive_mode(self.model, variant == "adaptive"):
+            if getattr(self.attack, "trains", False):
+                held_out = replace(self.data, name=source_label(self.source, self.data))
+                self.attack.prepare(
+                    self.model, train=self.training_data(), held_out=held_out, device=self.device, progress=self.progress
+                )
+            result, examples, norms, seconds = self._attack_all(variant)
+        return self._record(variant, config_hash, result, examples, norms, seconds)
+
+    def _attack_all(self, variant: str):
+        attack, data = self.attack, self.data
+        targets_all = attack.make_targets(self.model, data.y)
+        attacked = (self.clean_pred == data.y).nonzero().flatten()
+        parts: list[AttackResult] = []
+        norms = {k: np.zeros(len(data)) for k in ("linf", "l2", "l0")}
+        examples: dict[str, torch.Tensor] = {}
+        t0 = time.perf_counter()
+        desc = f"{self.model.name} {attack.name}" + ("" if variant == "standard" else f" [{variant}]")
+        bar = tqdm(total=len(attacked), desc=desc, unit="img", disable=not self.progress, leave=False)
+        for start in range(0, len(attacked), self.batch_size):
+            idx = attacked[start : start + self.batch_size]
+            x = data.images(idx)
+            keys = mix64(data.ids[idx] + (self.seed << 32))
+            res = attack(self.model, x, data.y[idx], targets=None if targets_all is None else targets_all[idx], keys=keys)
+            for k, v in perturbation_norms(x.numpy(), res.adv.numpy()).items():
+                norms[k][idx.numpy()] = v
+            if not examples:
+                k = min(N_EXAMPLES, len(idx))
+                examples = {"clean": x[:k], "adv": res.adv[:k], "labels": data.y[idx][:k], "idx": idx[:k]}
+            res.adv = res.adv[:0]  # keep memory flat: only the examples keep images
+            parts.append(res)
+            bar.update(len(idx))
+        bar.close()
+        seconds = time.perf_counter() - t0
+        result = AttackResult.concat(parts) if parts else None
+        self._targets, self._attacked = targets_all, attacked
+        return result, examples, norms, seconds
+
+    def _record(self, variant, h, result, examples, norms, seconds) -> RunRecord:
+        attack, data, defense = self.attack, self.data, self.defense
+        samples = _samples_frame(data, self.clean_pred, self._attacked, result, self._targets, norms, attack)
+        metrics = compute_metrics(samples)
+        run_dir = self.results_dir / "runs" / h
+        ctx = RunContext(self.cfg, self.model, data, self.clean_pred, self.clean_conf, result, examples, run_dir, self.device)
+        extra: dict[str, Any] = {}
+        if result is not None and hasattr(attack, "extra_metrics"):
+            extra.update(attack.extra_metrics(result))
+        if defense is not None:
+            extra["defense_params"] = defense.params()
+            if variant == "adaptive":
+                extra["adaptive"] = defense.adaptive_description()
+            extra.update(self.certified)
+        ctx.figures.update(run_figures(ctx, attack))
+        if self.cfg.get("explain", False):
+            ctx.figures.update(explain_figures(ctx, attack) or {})
+        extra["figures"] = [str(p.relative_to(self.results_dir)) for p in ctx.figures.values()]
+        eps = attack.budget
+        record = RunRecord(
+            config_hash=h,
+            model=self.model.name,
+            dataset=data.name,
+            defense=self.defense_name,
+            attack=attack.name,
+            params=attack.describe(),
+            norm=str(attack.norm or "none"),
+            eps=float("nan") if eps is None else float(eps),
+            targeted=attack.targeted,
+            **{k: metrics[k] for k in METRIC_FIELDS},
+            seconds=seconds,
+            seed=self.seed,
+            device=str(self.device),
+            timestamp=now(),
+            split=str(extra.pop("split", "test")),
+            variant=variant,
+            config_json=json.dumps(self.resolved, default=str),
+            extra_json=json.dumps(extra, default=str),
+            **versions(),
+        )
+        self.store.write(record, samples)
+        self._log(record, metrics, ctx)
+        ci = f"[{record.success_ci_low:.1%}, {record.success_ci_high:.1%}]" if record.n_attacked else ""
+        print(
+            f"[fragility] {record.model} / {record.dataset} / {record.defense} / {record.attack} {record.params}{_vtag(record)}: "
+            f"clean {record.clean_acc:.1%}  robust {record.robust_acc:.1%}  success {record.success_rate:.1%} {ci}  "
+            f"queries {record.mean_queries:.1f}  {seconds:.1f}s  (config {h})"
+        )
+        return record
+
+    def _log(self, record: RunRecord, metrics: dict, ctx: RunContext) -> None:
+        logger = safe_instantiate(self.cfg.logger, self.allowed) if self.cfg.get("logger") is not None else NullLogger()
+        try:
+            suffix = "" if record.variant == "standard" else f"-{record.variant}"
+            name = f"{record.model}-{record.attack}{suffix}-{record.config_hash[:8]}"
+            logger.start(self.resolved, name=name, results_dir=self.results_dir)
+            logger.log_run(metrics, {c: getattr(record, c) for c in COLUMNS}, dict(ctx.figures))
+            if self.defense is not None:
+                log_wandb_table(logger, defense_leaderboard(self.store.records()))
+        finally:
+            logger.finish()
+
+
+def load_matching(source, n: int | None, seed: int, model, what: str) -> ImageSet:
+    """A seeded subset of ``source`` whose image size and class list fit ``model``."""
+    data = source.load(n, seed, model.input_size)
+    if data.image_size != tuple(model.input_size):
+        c, hh, ww = model.input_size
+        raise InputError(
+            f"{what} {data.name} has {'x'.join(map(str, data.image_size))} images but model {model.name} expects {c}x{hh}x{ww}"
+        )
+    return align_labels(data, model.class_names)
 
 
 def _vtag(rec: RunRecord) -> str:
@@ -227,130 +381,7 @@ def _certify(model, data: ImageSet, batch_size: int, device: torch.device, progr
     return out
 
 
-def _score_variant(
-    cfg,
-    resolved,
-    h,
-    variant,
-    model,
-    defense,
-    data,
-    attack,
-    clean_pred,
-    clean_conf,
-    certified,
-    store,
-    results_dir,
-    device,
-    seed,
-    batch_size,
-    progress,
-    allowed,
-) -> RunRecord:
-    """Attack the initially correct samples once (in the model's current variant), write the record."""
-    defense_name = defense.label() if defense is not None else str((cfg.get("defense") or {}).get("name", "none"))
-    if hasattr(attack, "prepare"):
-        attack.prepare(model=model, cfg=cfg, device=device, seed=seed, progress=progress)
-    targets_all = attack.make_targets(model, data.y)
-    attacked = (clean_pred == data.y).nonzero().flatten()
-
-    parts: list[AttackResult] = []
-    norms = {k: np.zeros(len(data)) for k in ("linf", "l2", "l0")}
-    examples: dict[str, torch.Tensor] = {}
-    t0 = time.perf_counter()
-    desc = f"{model.name} {attack.name}" + ("" if variant == "standard" else f" [{variant}]")
-    bar = tqdm(total=len(attacked), desc=desc, unit="img", disable=not progress, leave=False)
-    for start in range(0, len(attacked), batch_size):
-        idx = attacked[start : start + batch_size]
-        x = data.images(idx)
-        keys = mix64(data.ids[idx] + (seed << 32))
-        res = attack(model, x, data.y[idx], targets=None if targets_all is None else targets_all[idx], keys=keys)
-        for k, v in perturbation_norms(x.numpy(), res.adv.numpy()).items():
-            norms[k][idx.numpy()] = v
-        if not examples:
-            k = min(N_EXAMPLES, len(idx))
-            examples = {"clean": x[:k], "adv": res.adv[:k], "labels": data.y[idx][:k], "idx": idx[:k]}
-        res.adv = res.adv[:0]  # keep memory flat: only the examples keep images
-        parts.append(res)
-        bar.update(len(idx))
-    bar.close()
-    seconds = time.perf_counter() - t0
-    result = AttackResult.concat(parts) if parts else None
-
-    samples = _samples_frame(data, clean_pred, attacked, result, targets_all, norms)
-    metrics = compute_metrics(samples)
-    run_dir = results_dir / "runs" / h
-    ctx = RunContext(cfg, model, data, clean_pred, clean_conf, result, examples, run_dir, device)
-    extra: dict[str, Any] = {}
-    if result is not None and hasattr(attack, "extra_metrics"):
-        extra.update(attack.extra_metrics(result))
-    if defense is not None:
-        extra["defense_params"] = defense.params()
-        if variant == "adaptive":
-            extra["adaptive"] = defense.adaptive_description()
-        extra.update(certified)
-    ctx.figures.update(_figures(ctx, attack))
-    extra["figures"] = [str(p.relative_to(results_dir)) for p in ctx.figures.values()]
-
-    vers = versions()
-    eps = attack.budget
-    record = RunRecord(
-        config_hash=h,
-        model=model.name,
-        dataset=data.name,
-        defense=defense_name,
-        attack=attack.name,
-        params=attack.describe(),
-        norm=str(attack.norm or "none"),
-        eps=float("nan") if eps is None else float(eps),
-        targeted=attack.targeted,
-        n=metrics["n"],
-        clean_acc=metrics["clean_acc"],
-        robust_acc=metrics["robust_acc"],
-        n_attacked=metrics["n_attacked"],
-        success_rate=metrics["success_rate"],
-        success_ci_low=metrics["success_ci_low"],
-        success_ci_high=metrics["success_ci_high"],
-        mean_queries=metrics["mean_queries"],
-        mean_linf=metrics["mean_linf"],
-        mean_l2=metrics["mean_l2"],
-        mean_l0=metrics["mean_l0"],
-        mean_conf=metrics["mean_conf"],
-        mean_true_conf=metrics["mean_true_conf"],
-        seconds=seconds,
-        seed=seed,
-        device=str(device),
-        timestamp=now(),
-        split=str(extra.pop("split", "test")),
-        variant=variant,
-        config_json=json.dumps(resolved, default=str),
-        extra_json=json.dumps(extra, default=str),
-        **vers,
-    )
-    store.write(record, samples)
-
-    logger = safe_instantiate(cfg.logger, allowed) if cfg.get("logger") is not None else NullLogger()
-    try:
-        suffix = "" if variant == "standard" else f"-{variant}"
-        logger.start(resolved, name=f"{record.model}-{record.attack}{suffix}-{h[:8]}", results_dir=results_dir)
-        logger.log_run(metrics, _row(record), dict(ctx.figures.items()))
-        if defense is not None:
-            from fragility.benchmarks.defense_leaderboard import defense_leaderboard, log_wandb_table
-
-            log_wandb_table(logger, defense_leaderboard(store.records()))
-    finally:
-        logger.finish()
-
-    ci = f"[{record.success_ci_low:.1%}, {record.success_ci_high:.1%}]" if record.n_attacked else ""
-    print(
-        f"[fragility] {record.model} / {record.dataset} / {record.defense} / {record.attack} {record.params}{_vtag(record)}: "
-        f"clean {record.clean_acc:.1%}  robust {record.robust_acc:.1%}  success {record.success_rate:.1%} {ci}  "
-        f"queries {record.mean_queries:.1f}  {seconds:.1f}s  (config {h})"
-    )
-    return record
-
-
-def _samples_frame(data, clean_pred, attacked, result, targets_all, norms) -> pd.DataFrame:
+def _samples_frame(data, clean_pred, attacked, result, targets_all, norms, attack) -> pd.DataFrame:
     n = len(data)
     adv_pred = clean_pred.clone()
     success = torch.zeros(n, dtype=torch.bool)
@@ -364,7 +395,7 @@ def _samples_frame(data, clean_pred, attacked, result, targets_all, norms) -> pd
         pred_conf[attacked] = result.pred_conf
         true_conf[attacked] = result.true_conf
     target = targets_all if targets_all is not None else torch.full((n,), -1, dtype=torch.long)
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "i": np.arange(n),
             "sample_id": data.ids.numpy(),
@@ -381,38 +412,17 @@ def _samples_frame(data, clean_pred, attacked, result, targets_all, norms) -> pd
             "l0": norms["l0"],
         }
     )
+    frame["extras"] = _sample_extras(n, attacked, result, attack)
+    return frame
 
 
-def _figures(ctx: RunContext, attack) -> dict[str, Path]:
-    figs: dict[str, Path] = {}
-    if ctx.examples and len(ctx.examples["clean"]):
-        ex = ctx.examples
-        with torch.inference_mode():
-            p = torch.softmax(ctx.model(ex["adv"].to(ctx.device)).float(), 1).cpu()
-        conf, pred = p.max(1)
-        idx = ex["idx"]
-        figs["examples"] = adversarial_grid(
-            ex["clean"],
-            ex["adv"],
-            ex["labels"],
-            ctx.clean_pred[idx],
-            ctx.clean_conf[idx],
-            pred,
-            conf,
-            ctx.model.class_names,
-            ctx.run_dir / "examples.png",
-            title=f"{ctx.model.name} / {attack.name} {attack.describe()}",
-        )
-    if hasattr(attack, "figures"):
-        figs.update(attack.figures(ctx) or {})
-    if ctx.cfg.get("explain", False):
-        from fragility.benchmarks.explain import explain_figures
-
-        figs.update(explain_figures(ctx, attack) or {})
-    return figs
-
-
-def _row(r: RunRecord) -> dict[str, Any]:
-    from fragility.benchmarks.leaderboard import COLUMNS
-
-    return {c: getattr(r, c) for c in COLUMNS}
+def _sample_extras(n: int, attacked: torch.Tensor, result: AttackResult | None, attack) -> list[str | None]:
+    """One JSON object per sample of the attack's ``sample_extras`` (None for samples not attacked)."""
+    names = [k for k in getattr(attack, "sample_extras", ()) if result is not None and k in result.extras]
+    out: list[str | None] = [None] * n
+    if not names:
+        return out
+    cols = {k: result.extras[k].tolist() if torch.is_tensor(result.extras[k]) else list(result.extras[k]) for k in names}
+    for j, i in enumerate(attacked.tolist()):
+        out[i] = json.dumps({k: cols[k][j] for k in names})
+    return out

@@ -28,7 +28,7 @@ from torch import nn
 
 from fragility.attacks.ascent import ascend, check_policy
 from fragility.attacks.priors import Prior, build_priors, preset
-from fragility.benchmarks.figures import save_figure
+from fragility.benchmarks.figures import image_grid
 from fragility.errors import ConfigError
 from fragility.rng import SampleRNG, mix64
 
@@ -264,41 +264,6 @@ class _Frozen:
 
 
 # ---- pictures ---------------------------------------------------------------------------------
-def image_grid(
-    images: torch.Tensor, titles: Sequence[str], path: str | Path, *, title: str = "", cols: int = 10, stretch: bool = False
-) -> Path:
-    """Save ``images`` as a grid of small panels with titles. ``stretch`` shows each image minus
-    its mean colour, scaled to fill the range (for low-contrast visualizations; say so in the caption)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(images)
-    cols = max(1, min(cols, n))
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.65 * rows + (0.35 if title else 0)), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i >= n:
-            ax.axis("off")
-            continue
-        img = images[i].detach().cpu().float()
-        if stretch:  # remove the image's own mean colour, scale the rest to fill [0, 1]
-            d = img - img.mean((1, 2), keepdim=True)
-            img = 0.5 + d / (2 * d.abs().max().clamp_min(1e-8))
-        img = img.clamp(0, 1)
-        if img.shape[0] == 1:
-            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        else:
-            ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_title(titles[i] if i < len(titles) else "", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return save_figure(fig, path, dpi=100)
-
-
 # ---- console script ---------------------------------------------------------------------------
 def run_visualize(cfg: Any) -> dict[str, Path]:
     """Plain entry point behind ``fragility-visualize`` (``cfg``: conf/visualize.yaml)."""

@@ -9,6 +9,7 @@ because the usual files are sorted by class.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -86,3 +87,11 @@ def align_labels(data: ImageSet, class_names: list[str]) -> ImageSet:
     if len(data.class_names) == len(class_names):
         return data  # same number of classes under other names: trust the indices
     raise DataError(f"dataset {data.name} has {len(data.class_names)} classes that do not match the model's {len(class_names)}")
+
+
+def source_label(source, data: ImageSet) -> str:
+    """``cifar10-test`` for an npz or folder source named cifar10 read from test.npz; else the data's
+    name (labels which file of a source a number came from)."""
+    p = getattr(source, "path", None) or getattr(source, "root", None)
+    stem = Path(p).stem if p else ""
+    return f"{data.name}-{stem}" if stem and stem not in data.name else data.name

@@ -18,6 +18,10 @@ class Cifar10:
         self.root = Path(root).expanduser()
         self.train, self.download = bool(train), bool(download)
 
+    def train_split(self, path: str | None = None) -> Cifar10:
+        """The 50,000 training images (under ``path`` when given)."""
+        return Cifar10(root=path or str(self.root), train=True, download=self.download)
+
     def load(self, n_samples: int | None, seed: int, input_size: Sequence[int] | None = None) -> ImageSet:
         from torchvision.datasets import CIFAR10
 

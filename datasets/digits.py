@@ -46,6 +46,10 @@ class Digits:
     def __init__(self, split: str = "test") -> None:
         self.split = split
 
+    def train_split(self, path: str | None = None) -> Digits:
+        """The split the digits CNN trained on (``path`` does not apply)."""
+        return Digits("train")
+
     def load(self, n_samples: int | None, seed: int, input_size: Sequence[int] | None = None) -> ImageSet:
         x, y = digits_arrays(self.split)
         return from_arrays(x, y, seeded_subset(len(y), n_samples, seed), DIGITS_CLASSES, f"digits-{self.split}", False)

@@ -22,6 +22,12 @@ class ImageFolder:
         self.name = name or self.root.name
         self.class_names = list(class_names) if class_names else None
 
+    def train_split(self, path: str | None = None) -> ImageFolder | None:
+        """The same class layout under ``path``; None without one."""
+        if not path:
+            return None
+        return ImageFolder(path, name=self.name, class_names=self.class_names)
+
     def load(self, n_samples: int | None, seed: int, input_size: Sequence[int] | None = None) -> ImageSet:
         from torchvision.datasets import ImageFolder as TVImageFolder
         from torchvision.transforms import v2

@@ -30,8 +30,17 @@ class Npz:
             raise DataError("dataset.path is required for an npz dataset")
         self.path = Path(path).expanduser()
         self.class_names = list(class_names) if class_names else None
+        self.given_name = name
         self.name = name or self.path.stem
         self.x_key, self.y_key, self.layout = x_key, y_key, layout.lower()
+
+    def train_split(self, path: str | None = None) -> Npz | None:
+        """The same kind of archive at ``path`` (e.g. train.npz); None without one."""
+        if not path:
+            return None
+        return Npz(
+            path, class_names=self.class_names, name=self.given_name, x_key=self.x_key, y_key=self.y_key, layout=self.layout
+        )
 
     def load(self, n_samples: int | None, seed: int, input_size: Sequence[int] | None = None) -> ImageSet:
         if not self.path.is_file():

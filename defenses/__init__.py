@@ -4,7 +4,7 @@
 path to BPDA / EOT (see :mod:`fragility.defenses.base`).
 """
 
-from fragility.defenses.base import DefendedClassifier, Defense, bpda, set_adaptive
+from fragility.defenses.base import DefendedClassifier, Defense, adaptive_mode, bpda, set_adaptive
 from fragility.defenses.bit_depth import BitDepth
 from fragility.defenses.checkpoint import Checkpoint
 from fragility.defenses.gaussian_noise import GaussianNoise
@@ -22,6 +22,7 @@ __all__ = [
     "Median",
     "SmoothedClassifier",
     "Smoothing",
+    "adaptive_mode",
     "bpda",
     "set_adaptive",
 ]

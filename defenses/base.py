@@ -24,7 +24,9 @@ answers with the deployed defense: one transform (one noise draw), no surrogate.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -49,8 +51,7 @@ class Defense:
     differentiable: ClassVar[bool] = True
     randomized: ClassVar[bool] = False
 
-    def __init__(self, *, name: str | None = None, adaptive: bool = True, eot_samples: int = 8, seed: int = 0) -> None:
-        # ``name`` is accepted because every defense config carries it (the config group's label).
+    def __init__(self, *, adaptive: bool = True, eot_samples: int = 8, seed: int = 0) -> None:
         if int(eot_samples) < 1:
             raise ConfigError(f"eot_samples must be >= 1, got {eot_samples}")
         self.adaptive = bool(adaptive)
@@ -138,9 +139,6 @@ class DefendedClassifier(nn.Module):
             self._gen = torch.Generator(device=device).manual_seed(self.defense.seed)
         return self._gen
 
-    def reseed(self) -> None:
-        self._gen = None
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         d = self.defense
         g = self.generator(images.device) if d.randomized else None
@@ -168,5 +166,14 @@ def set_adaptive(model: nn.Module, adaptive: bool) -> None:
             m.adaptive = bool(adaptive)
 
 
-def defenses_in(model: nn.Module) -> list[Defense]:
-    return [m.defense for m in model.modules() if isinstance(m, DefendedClassifier)]
+@contextlib.contextmanager
+def adaptive_mode(model: nn.Module, adaptive: bool = True) -> Iterator[nn.Module]:
+    """Every defense inside ``model`` in the given mode (BPDA/EOT when True) for the body; each
+    one's own flag is restored afterwards, also when the body raises."""
+    flags = [(m, m.adaptive) for m in model.modules() if isinstance(m, DefendedClassifier)]
+    set_adaptive(model, adaptive)
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.adaptive = flag

@@ -311,7 +311,9 @@ def test_config_instantiates_and_runner_hooks(tmp_path, hot_model):
         clean_conf=conf,
         run_dir=tmp_path,
     )
-    figs = OnePixel().figures(ctx)
+    from fragility.benchmarks.figures import ATTACK_FIGURES
+
+    figs = ATTACK_FIGURES["onepixel"](ctx, OnePixel())
     assert figs["onepixel"].is_file() and figs["onepixel"].stat().st_size > 1000
 
 

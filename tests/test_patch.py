@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -159,16 +160,22 @@ def test_runner_trains_on_train_split_and_scores_held_out(cfg_factory, tmp_path)
     assert json.loads(rec2.extra_json)["source"] == "loaded"
 
 
+def _trial(cfg):
+    from fragility.benchmarks.runner import Trial
+    from fragility.benchmarks.store import ResultStore
+
+    return Trial.build(cfg, {}, None, ResultStore(cfg.results_dir), n_samples=int(cfg.n_samples), seed=0, batch_size=64)
+
+
 def test_runner_default_train_split_and_same_source_hold_out(cfg_factory, tmp_path):
     from omegaconf import OmegaConf
 
-    from fragility.benchmarks.config import safe_instantiate
-    from fragility.datasets import Digits, Npz
+    from fragility.datasets import Npz
 
-    cfg = cfg_factory("attack=patch", "attack.target=3")
-    src = safe_instantiate(cfg.dataset)
-    train = safe_instantiate(cfg.attack)._train_source(cfg, src, [])
-    assert isinstance(train, Digits) and train.split == "train"  # the embedded default: digits' own train split
+    cfg = cfg_factory("attack=patch", "attack.target=3", f"results_dir={tmp_path / 'r1'}")
+    trial = _trial(cfg)
+    train = trial.training_data()  # the embedded default: digits' own train split
+    assert train.name == "digits-train" and len(train) > 1000
     common, target = _npz_split(tmp_path, cfg_factory)
     cfg = cfg_factory(
         *[c for c in common if "train_path" not in c],
@@ -177,13 +184,14 @@ def test_runner_default_train_split_and_same_source_hold_out(cfg_factory, tmp_pa
         "attack.steps=1",
         "attack.batch_size=4",
         "n_samples=20",
+        f"results_dir={tmp_path / 'r2'}",
     )
-    attack = safe_instantiate(cfg.attack)
-    assert isinstance(attack._train_source(cfg, safe_instantiate(cfg.dataset), []), Npz)
-    from fragility.benchmarks.runner import build_model
-
-    attack.prepare(model=build_model(cfg, torch.device("cpu")), cfg=cfg, device=torch.device("cpu"), seed=0, progress=False)
-    assert attack._summary["dropped_overlap"] == 20 and attack._summary["trained_on"] == "cifar10-test"
+    trial = _trial(cfg)
+    assert isinstance(trial.source, Npz) and trial.source.train_split(None) is None  # no train split: the source itself
+    train = trial.training_data()
+    held_out = replace(trial.data, name="cifar10-test")
+    trial.attack.prepare(trial.model, train=train, held_out=held_out, device=torch.device("cpu"), progress=False)
+    assert trial.attack._summary["dropped_overlap"] == 20 and trial.attack._summary["trained_on"] == "cifar10-test"
     assert OmegaConf.select(cfg, "attack.train_dataset") is None
 
 

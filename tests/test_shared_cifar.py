@@ -1,4 +1,4 @@
-"""The issue's acceptance numbers on real data: resnet20 on 1000 seeded shared CIFAR-10 test images.
+"""Acceptance numbers on real data: resnet20 on 1000 seeded shared CIFAR-10 test images.
 
 Needs ../shared (or FRAGILITY_SHARED); skipped with a message naming the path when it is missing.
 """

@@ -8,7 +8,7 @@ randomized smoothing certified accuracy on a noise-trained base model (``--smoot
 
 Usage (1 thread through the CPU slot)::
 
-    cpuslot python benchmarks/peers/bench_defenses.py --n 500 \\
+    python benchmarks/peers/bench_defenses.py --n 500 \\
         --checkpoint results/train/resnet20_fgsm_rs/model.pt \\
         --smoothing-checkpoint results/train/resnet20_gaussian/model.pt
 """

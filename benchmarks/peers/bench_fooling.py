@@ -12,7 +12,7 @@
 No peer library makes fooling images or Yosinski-style visualizations, so there is no peer column;
 times are wall-clock seconds on ``--threads`` threads. Pictures go to ``--img-dir`` when given.
 
-    cpuslot python benchmarks/peers/bench_fooling.py --shared ../shared --img-dir docs/img
+    python benchmarks/peers/bench_fooling.py --shared ../shared --img-dir docs/img
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def main() -> None:
     from tabulate import tabulate
 
     from fragility.attacks.priors import preset, total_variation
-    from fragility.benchmarks.visualize import channel_activation, find_layer, image_grid, visualize_classes, visualize_filters
+    from fragility.benchmarks.figures import image_grid
+    from fragility.benchmarks.visualize import channel_activation, find_layer, visualize_classes, visualize_filters
     from fragility.models import cifar_resnet, digits_cnn
 
     shared = Path(args.shared)

@@ -34,7 +34,8 @@ import torch
 from common import Counting, cifar_resnet, cifar_test, correct_subset, eval_mode, shared_dir
 from torch import nn
 
-from fragility.attacks.onepixel import OnePixel, circled_grid
+from fragility.attacks.onepixel import OnePixel
+from fragility.benchmarks.figures import circled_grid
 from fragility.models.cifar_resnet import CIFAR10_CLASSES
 from fragility.stats import wilson_interval
 

@@ -6,7 +6,7 @@ model, then both patches are scored by one evaluator (fragility's placement: exa
 location and rotation per held-out image, Wilson 95% interval); ART's own ``apply_patch`` score is
 printed beside it. Prints seconds per training step and the ratio.
 
-    cpuslot python benchmarks/peers/bench_patch.py --shared ../shared --steps 50
+    python benchmarks/peers/bench_patch.py --shared ../shared --steps 50
 
 ART sizes its patch relative to the image edge: a square of side ``s * 32`` covers ``s**2`` of a
 32x32 image, so area 8-12% is ART ``scale_min, scale_max = sqrt(0.08), sqrt(0.12)``.
@@ -43,7 +43,7 @@ def main() -> None:
     from art.estimators.classification import PyTorchClassifier
 
     from fragility.attacks.patch import Patch, quantize
-    from fragility.benchmarks.patch_figures import score_areas
+    from fragility.benchmarks.figures import score_areas
     from fragility.datasets import Npz
     from fragility.models.cifar_resnet import CIFAR10_CLASSES, build
     from fragility.stats import wilson_interval

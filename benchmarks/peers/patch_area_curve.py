@@ -6,7 +6,7 @@ for each area for ``--steps`` EOT steps on train.npz (cheap: the 10% patch is a 
 scores again; the same patch is also scored on ``--transfer-depth`` (no training there). Prints a
 table, writes a PNG curve and a CSV.
 
-    cpuslot python benchmarks/peers/patch_area_curve.py --shared ../shared --load results/truck10_resnet20.png \\
+    python benchmarks/peers/patch_area_curve.py --shared ../shared --load results/truck10_resnet20.png \\
         --steps 200 --out docs/img/patch_area_curve.png
 """
 
@@ -37,7 +37,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from fragility.attacks.patch import Patch
-    from fragility.benchmarks.patch_figures import score_areas
+    from fragility.benchmarks.figures import score_areas
     from fragility.datasets import Npz
     from fragility.models.cifar_resnet import CIFAR10_CLASSES, build
 
