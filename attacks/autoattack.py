@@ -1,0 +1,152 @@
+"""AutoAttack: the ensemble of parameter-free attacks that robustness leaderboards are built on.
+
+Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", ICML 2020. The attacks run in order, each only on the images that every
+earlier one failed on; an image is robust only if every attack fails on it.
+
+``version``:
+
+- ``standard``: APGD-CE, APGD-T (targeted DLR, top-9 classes), FAB-T (top-9), Square (5000 queries);
+- ``plus``: APGD-CE and APGD-DLR (5 restarts each), FAB (untargeted, 5 restarts), Square (5000
+  queries, 5 runs), APGD-T, FAB-T, as in the authors' ``version='plus'``;
+- ``rand`` (randomized models and defenses): APGD-CE and APGD-DLR with ``eot_iter`` (20) gradient
+  draws per step, each draw a counted query.
+
+Each attack gets per-image random streams derived from the image's own key and the attack's
+position, so a batch gives the same result as one image at a time. The result's
+``extras["broken_by"]`` holds, per image, the index in :meth:`AutoAttack.attack_names` of the
+attack that broke it (``-1``: robust, ``-2``: misclassified before any attack); queries are summed
+over the attacks that ran on the image, plus the one clean forward pass. FAB-T runs with
+``early_stop`` (an image leaves once it has a perturbation within ``eps``), which changes its
+queries, not its successes at ``eps``.
+
+Example::
+
+    res = AutoAttack(eps=8/255, version="standard")(model, images, labels)
+    res.extras["broken_by"]; AutoAttack.extra_metrics(res)
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from fragility.attacks.apgd import APGD
+from fragility.attacks.apgd_t import APGDT
+from fragility.attacks.base import Attack
+from fragility.attacks.fab import FAB
+from fragility.attacks.gradient import LpAttack
+from fragility.attacks.square import Square
+from fragility.errors import ConfigError
+from fragility.rng import mix64
+
+VERSIONS = ("standard", "plus", "rand")
+
+
+class AutoAttack(LpAttack):
+    name = "autoattack"
+    sample_extras = ("broken_by",)
+
+    def __init__(
+        self,
+        *,
+        eps: float | str = 8 / 255,
+        norm: str = "linf",
+        version: str = "standard",
+        steps: int = 100,
+        n_target_classes: int = 9,
+        queries: int = 5000,
+        eot_iter: int = 20,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(eps=eps, norm=norm, target=None, seed=seed)
+        if version not in VERSIONS:
+            raise ConfigError(f"unknown autoattack version {version!r} (valid: {', '.join(VERSIONS)})")
+        for key, v in (("steps", steps), ("n_target_classes", n_target_classes), ("queries", queries), ("eot_iter", eot_iter)):
+            if int(v) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {v}")
+        self.version, self.steps, self.n_target_classes = version, int(steps), int(n_target_classes)
+        self.queries, self.eot_iter = int(queries), int(eot_iter)
+        self.attacks = self._build()
+
+    def params(self):
+        p = {"norm": self.norm_name, "eps": self.eps, "version": self.version}
+        for key, value, default in (
+            ("steps", self.steps, 100),
+            ("n_target_classes", self.n_target_classes, 9),
+            ("queries", self.queries, 5000),
+            ("eot_iter", self.eot_iter, 20),
+        ):
+            if value != default and not (key == "eot_iter" and self.version != "rand"):
+                p[key] = value
+        return p
+
+    def _build(self) -> list[tuple[str, Attack]]:
+        lp = {"eps": self.eps, "norm": self.norm_name, "seed": self.seed}
+        k, steps = self.n_target_classes, self.steps
+        if self.version == "standard":
+            return [
+                ("apgd-ce", APGD(loss="ce", steps=steps, **lp)),
+                ("apgd-t", APGDT(steps=steps, n_target_classes=k, **lp)),
+                ("fab-t", FAB(targeted=True, steps=steps, n_target_classes=k, early_stop=True, **lp)),
+                ("square", Square(queries=self.queries, **lp)),
+            ]
+        if self.version == "plus":
+            return [
+                ("apgd-ce", APGD(loss="ce", steps=steps, restarts=5, **lp)),
+                ("apgd-dlr", APGD(loss="dlr", steps=steps, restarts=5, **lp)),
+                ("fab", FAB(targeted=False, steps=steps, restarts=5, early_stop=True, **lp)),
+                *[(f"square-{r + 1}", Square(queries=self.queries, **{**lp, "seed": self.seed + r})) for r in range(5)],
+                ("apgd-t", APGDT(steps=steps, n_target_classes=k, **lp)),
+                ("fab-t", FAB(targeted=True, steps=steps, n_target_classes=k, early_stop=True, **lp)),
+            ]
+        return [
+            ("apgd-ce", APGD(loss="ce", steps=steps, eot_iter=self.eot_iter, **lp)),
+            ("apgd-dlr", APGD(loss="dlr", steps=steps, eot_iter=self.eot_iter, **lp)),
+        ]
+
+    def attack_names(self) -> list[str]:
+        return [label for label, _ in self.attacks]
+
+    def _run(self, model, images, labels, targets, rng):
+        if targets is not None:
+            raise ConfigError("autoattack is untargeted (APGD-T and FAB-T pick their own targets)")
+        n, dev = len(images), images.device
+        inner = model.model  # each attack counts its own queries; they are added to ours below
+        with torch.no_grad():
+            clean = model(images).argmax(1)
+        broken_by = torch.full((n,), -1, dtype=torch.long, device=dev)
+        broken_by[clean != labels] = -2
+        adv = images.clone()
+        seconds = []
+        for j, (_, attack) in enumerate(self.attacks):
+            idx = (broken_by == -1).nonzero().flatten()
+            if len(idx) == 0:
+                seconds.append(0.0)
+                continue
+            start = time.perf_counter()
+            keys = mix64(rng.keys[idx] + (j + 1))  # each attack its own per-image streams
+            res = attack(inner, images[idx], labels[idx], keys=keys)
+            seconds.append(time.perf_counter() - start)
+            model.counts[idx.cpu()] += res.queries
+            ok = res.success.to(dev)
+            adv[idx[ok]] = res.adv.to(dev)[ok]
+            broken_by[idx[ok]] = j
+        return adv, {"broken_by": broken_by, "attack_seconds": seconds}
+
+    def extra_metrics(self, result) -> dict:
+        """The attacks in order, how many images each one broke (that no earlier one had), and the
+        seconds each spent."""
+        broken = result.extras["broken_by"]
+        names = self.attack_names()
+        secs = result.extras.get("attack_seconds", [])
+        if secs and isinstance(secs[0], list):  # concatenated batches: one list per batch
+            secs = [sum(s) for s in zip(*secs, strict=True)]
+        return {
+            "attacks": names,
+            "added": {name: int((broken == j).sum()) for j, name in enumerate(names)},
+            "robust": int((broken == -1).sum()),
+            "misclassified_clean": int((broken == -2).sum()),
+            "attack_seconds": {name: round(float(s), 3) for name, s in zip(names, secs, strict=False)},
+        }
