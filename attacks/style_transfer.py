@@ -204,7 +204,7 @@ def style_transfer(
     *,
     strength: float | torch.Tensor = 1.0,
     content_weight: float = 1.0,
-    style_weight: float = 10.0,
+    style_weight: float = 30.0,
     steps: int = 200,
     lr: float = 0.02,
     init: str = "content",

@@ -108,7 +108,7 @@ class Stylize(Attack):
     def params(self) -> dict[str, Any]:
         src = self.textures if self.textures in ("dataset", "batch") else Path(self.textures).name
         feats = getattr(self.features, "name", "self") if self.features is not None else "self"
-        return {"strength": self.strength, "textures": src, "features": feats, "steps": self.steps, "init": self.init}
+        return {"strength": f"{self.strength:g}", "textures": src, "features": feats, "steps": self.steps, "init": self.init}
 
     # ---- texture pool ----------------------------------------------------------------------
     def set_textures(self, images: torch.Tensor, labels: torch.Tensor | None = None, name: str = "given") -> Stylize:
@@ -181,9 +181,9 @@ class Stylize(Attack):
         return out.images, extras
 
     def extra_metrics(self, result) -> dict[str, Any]:
-        e = result.extras
         out: dict[str, Any] = {"texture_source": self.pool_name or self.textures, "strength": self.strength}
-        if len(result) and "style_loss" in e:
+        e = result.extras if result is not None else {}
+        if "style_loss" in e and len(result):
             ratio = e["start_style_loss"] / e["style_loss"].clamp_min(1e-12)
             out.update(
                 median_style_loss=float(e["style_loss"].median()),

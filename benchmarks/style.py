@@ -17,8 +17,8 @@ Examples::
     fragility-style                                           # digits, digits CNN features (no download)
     fragility-style mode=curve
     fragility-style model=cifar_resnet model.checkpoint=PATH/resnet20-12fca82f.th \\
-        features=cifar_resnet features.depth=32 features.checkpoint=PATH/resnet32-d509ac18.th \\
-        content=cifar10_npz content.path=PATH/test.npz texture_path=PATH/train.npz \\
+        model@features=cifar_resnet features.depth=32 features.checkpoint=PATH/resnet32-d509ac18.th \\
+        dataset@content=cifar10_npz content.path=PATH/test.npz texture_path=PATH/train.npz \\
         cue_conflict=results/style/cue_conflict-cifar10.npz
 
 The same runs from the main CLI: ``fragility attack=shape_bias dataset=npz dataset.path=SET``,
