@@ -15,7 +15,6 @@ rate. It is also logged as a W&B Table when a W&B run is open.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fragility.benchmarks import page
 from fragility.benchmarks.record import RunRecord
 from fragility.budget import format_number
 
@@ -92,41 +92,6 @@ def _fmt(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _links(records: list[RunRecord], out_dir: Path) -> dict[str, list[str]]:
-    links: dict[str, list[str]] = {}
-    for r in records:
-        try:
-            figs = json.loads(r.extra_json or "{}").get("figures", [])
-        except json.JSONDecodeError:
-            figs = []
-        links[r.config_hash] = [f for f in figs if (out_dir / f).exists()]
-    return links
-
-
-def render_html(board: pd.DataFrame, summ: pd.DataFrame, links: dict[str, list[str]]) -> str:
-    b = _fmt(board)
-    b["pictures"] = [
-        " ".join(f'<a href="{html.escape(p)}">{html.escape(Path(p).stem)}</a>' for p in links.get(h, []))
-        for h in board["config_hash"]
-    ]
-    body = (
-        f"<h2>Worst case per model and budget</h2>{_fmt(summ).to_html(index=False, escape=True)}"
-        f"<h2>All runs (strongest attack first within a model)</h2>{b.to_html(index=False, escape=False)}"
-    )
-    return html_page("fragility leaderboard", body, left_cols=7)
-
-
-def html_page(title: str, body: str, left_cols: int) -> str:
-    """A self-contained HTML page around ``body`` (tables left-aligned in their first columns)."""
-    style = (
-        "body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:13px}"
-        "th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f0f0f0}"
-        f"td:nth-child(-n+{left_cols}){{text-align:left}}h2{{margin-top:1.5em}}"
-    )
-    t = html.escape(title)
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{t}</title><style>{style}</style></head><body><h1>{t}</h1>{body}</body></html>"
-
-
 def write_leaderboards(records: list[RunRecord], out_dir: str | Path) -> pd.DataFrame:
     """Write leaderboard.csv/.md/.html and summary.csv into ``out_dir``; return the board."""
     out = Path(out_dir)
@@ -138,7 +103,7 @@ def write_leaderboards(records: list[RunRecord], out_dir: str | Path) -> pd.Data
     md += (_fmt(summ).to_markdown(index=False) if len(summ) else "(no runs yet)") + "\n\n## All runs\n\n"
     md += (_fmt(board).to_markdown(index=False) if len(board) else "(no runs yet)") + "\n"
     _atomic_write(out / "leaderboard.md", md)
-    _atomic_write(out / "leaderboard.html", render_html(board, summ, _links(records, out)))
+    page.write_pages(records, board, summ, out, _atomic_write)  # leaderboard.html, models/*.html, exports/*.json
     write_defense_leaderboard(records, out)  # defense_leaderboard.csv/.md/.html
     return board
 
@@ -218,12 +183,6 @@ def render_defense_markdown(board: pd.DataFrame) -> str:
     return md + (_fmt(board).to_markdown(index=False) if len(board) else "(no runs yet)") + "\n"
 
 
-def render_defense_html(board: pd.DataFrame) -> str:
-    body = _fmt(board).to_html(index=False, escape=True) if len(board) else "<p>(no runs yet)</p>"
-    note = html.escape("[adaptive] columns: BPDA / EOT. The worst column is what a defense may claim.")
-    return html_page("fragility defense leaderboard", f"<p>{note}</p>{body}", left_cols=3)
-
-
 def write_defense_leaderboard(records: list[RunRecord], out_dir: str | Path) -> pd.DataFrame:
     """Write defense_leaderboard.csv/.md/.html into ``out_dir``; return the board."""
     out = Path(out_dir)
@@ -231,7 +190,7 @@ def write_defense_leaderboard(records: list[RunRecord], out_dir: str | Path) -> 
     board = defense_leaderboard(records)
     _atomic_write(out / "defense_leaderboard.csv", board.to_csv(index=False))
     _atomic_write(out / "defense_leaderboard.md", render_defense_markdown(board))
-    _atomic_write(out / "defense_leaderboard.html", render_defense_html(board))
+    _atomic_write(out / "defense_leaderboard.html", page.render_defense_page(board))
     return board
 
 
