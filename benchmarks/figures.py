@@ -252,6 +252,16 @@ def _example_predictions(ctx) -> tuple[torch.Tensor, torch.Tensor]:
     return predict(ctx.model, ctx.examples["adv"], device=ctx.device)
 
 
+def _before_after(ctx, attack, draw, filename: str) -> Path:
+    """``draw`` (a before/after grid) over the run's first attacked examples."""
+    ex = ctx.examples
+    pred, conf = _example_predictions(ctx)
+    idx = ex["idx"]
+    before = (ex["clean"], ex["adv"], ex["labels"], ctx.clean_pred[idx], ctx.clean_conf[idx], pred, conf)
+    title = f"{ctx.model.name} / {attack.name} {attack.describe()}"
+    return draw(*before, ctx.model.class_names, Path(ctx.run_dir) / filename, title=title)
+
+
 def _has_examples(ctx) -> bool:
     return bool(ctx.examples) and len(ctx.examples["clean"]) > 0
 
@@ -260,22 +270,7 @@ def onepixel_figures(ctx, attack) -> dict[str, Path]:
     """The changed pixels circled, before and after."""
     if not _has_examples(ctx):
         return {}
-    ex = ctx.examples
-    pred, conf = _example_predictions(ctx)
-    idx = ex["idx"]
-    path = circled_grid(
-        ex["clean"],
-        ex["adv"],
-        ex["labels"],
-        ctx.clean_pred[idx],
-        ctx.clean_conf[idx],
-        pred,
-        conf,
-        ctx.model.class_names,
-        Path(ctx.run_dir) / "onepixel.png",
-        title=f"{ctx.model.name} / {attack.name} {attack.describe()}",
-    )
-    return {"onepixel": path}
+    return {"onepixel": _before_after(ctx, attack, circled_grid, "onepixel.png")}
 
 
 def fooling_figures(ctx, attack) -> dict[str, Path]:
@@ -315,22 +310,8 @@ ATTACK_FIGURES: dict[str, Callable[..., dict[str, Path]]] = {
 def run_figures(ctx, attack) -> dict[str, Path]:
     """Every picture of a finished run: the example grid, then the attack's own pictures."""
     figs: dict[str, Path] = {}
-    ex = ctx.examples
     if _has_examples(ctx):
-        pred, conf = _example_predictions(ctx)
-        idx = ex["idx"]
-        figs["examples"] = adversarial_grid(
-            ex["clean"],
-            ex["adv"],
-            ex["labels"],
-            ctx.clean_pred[idx],
-            ctx.clean_conf[idx],
-            pred,
-            conf,
-            ctx.model.class_names,
-            ctx.run_dir / "examples.png",
-            title=f"{ctx.model.name} / {attack.name} {attack.describe()}",
-        )
+        figs["examples"] = _before_after(ctx, attack, adversarial_grid, "examples.png")
     draw = ATTACK_FIGURES.get(attack.name)
     if draw is not None:
         figs.update(draw(ctx, attack) or {})

@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from fragility.budget import parse_budget
-from fragility.errors import CheckpointError, ConfigError, DataError, FragilityError
+from fragility.errors import CheckpointError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 RECIPES = ("fgsm_rs", "pgd", "standard", "gaussian")
@@ -285,17 +284,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def main() -> None:
-    import hydra
+    from fragility.benchmarks.apps import console_app
 
-    @hydra.main(config_path="pkg://fragility.conf", config_name="train", version_base="1.3")
-    def _app(cfg: DictConfig) -> None:
-        try:
-            train(cfg)
-        except FragilityError as e:
-            print(f"fragility-train: error: {e}", file=sys.stderr)
-            sys.exit(2)
-
-    _app()
+    console_app("train", "fragility-train", train)
 
 
 if __name__ == "__main__":

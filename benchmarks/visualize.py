@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,23 @@ class Visualization:
     score: torch.Tensor  # final objective value (logit or mean activation)
     steps: torch.Tensor
     titles: list[str]
+
+
+def _ascend(objective, x0: torch.Tensor, s: dict, model: nn.Module, rng: SampleRNG, keep_best: bool):
+    """Gradient ascent with the settings ``s`` of a preset (shared by class and filter visualization)."""
+    return ascend(
+        objective,
+        x0,
+        steps=s["steps"],
+        lr=s["lr"],
+        policy=s["policy"],
+        max_lr=s["max_lr"],
+        desired_prog=s["desired_prog"],
+        priors=s["priors"],
+        center=_center(model, x0.shape[1]),
+        rng=rng,
+        keep_best=keep_best,
+    )
 
 
 def _center(model: nn.Module, channels: int) -> torch.Tensor:
@@ -102,19 +118,7 @@ def visualize_classes(
         return model(x).gather(1, target[idx, None]).squeeze(1), None
 
     with _Frozen(model):
-        out = ascend(
-            objective,
-            x0,
-            steps=s["steps"],
-            lr=s["lr"],
-            policy=s["policy"],
-            max_lr=s["max_lr"],
-            desired_prog=s["desired_prog"],
-            priors=s["priors"],
-            center=_center(model, x0.shape[1]),
-            rng=rng,
-            keep_best=keep_best,
-        )
+        out = _ascend(objective, x0, s, model, rng, keep_best)
         with torch.no_grad():
             p = torch.softmax(model(out.x).float(), 1)
     names = getattr(model, "class_names", [str(i) for i in range(p.shape[1])])
@@ -203,19 +207,7 @@ def visualize_filters(
         bad = [c for c in units if not 0 <= c < n_out]
         if bad:
             raise ConfigError(f"layer {layer} has {n_out} channels; got channel {bad[0]}")
-        out = ascend(
-            objective,
-            x0,
-            steps=s["steps"],
-            lr=s["lr"],
-            policy=s["policy"],
-            max_lr=s["max_lr"],
-            desired_prog=s["desired_prog"],
-            priors=s["priors"],
-            center=_center(model, x0.shape[1]),
-            rng=rng,
-            keep_best=keep_best,
-        )
+        out = _ascend(objective, x0, s, model, rng, keep_best)
         with torch.no_grad():
             score = channel_activation(model, mod, out.x, ch)
     titles = [f"{layer}[{c}]\nact {float(v):.3g}" for c, v in zip(units, score)]
@@ -327,21 +319,6 @@ def run_visualize(cfg: Any) -> dict[str, Path]:
 
 
 def main() -> None:
-    import hydra
-    from omegaconf import DictConfig
-    from omegaconf.errors import OmegaConfBaseException
+    from fragility.benchmarks.apps import console_app
 
-    from fragility.errors import FragilityError
-
-    @hydra.main(config_path="pkg://fragility.conf", config_name="visualize", version_base="1.3")
-    def _app(cfg: DictConfig) -> None:
-        try:
-            run_visualize(cfg)
-        except FragilityError as e:
-            print(f"fragility-visualize: error: {e}", file=sys.stderr)
-            sys.exit(2)
-        except OmegaConfBaseException as e:
-            print(f"fragility-visualize: error: {str(e).splitlines()[0]}", file=sys.stderr)
-            sys.exit(2)
-
-    _app()
+    console_app("visualize", "fragility-visualize", run_visualize)
