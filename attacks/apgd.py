@@ -20,7 +20,9 @@ of logits ratio, scale invariant) or ``margin`` (:mod:`fragility.attacks.losses`
 on the images not fooled yet. ``eot_iter`` (for randomized models): the gradient is the mean of that
 many forward/backward draws, each counted as a query. An image leaves the batch at its first
 success (its adversarial image is kept and it costs no more queries), so the cost follows the
-images that resist. Every image's random start comes from its own stream: a batch gives the
+images that resist. With ``eot_iter = 1`` an image also leaves when its gradient is exactly zero
+at a point that did not move and is its own best point (a saturated or quantized model): for a
+deterministic model no later step could move it. Every image's random start comes from its own stream: a batch gives the
 same result as one image at a time.
 
 Example::
@@ -117,7 +119,7 @@ def apgd_run(
     else:
         t = rng.normal(*images.shape[1:], idx=idx).to(images)
         x = images + eps * t / _flat(t, "l2").clamp_min(1e-12)
-    x = x.clamp(0, 1)
+    x = project(x, images, norm, eps).clamp(0, 1)  # a fixed point of the projection (no 1-ulp drift)
 
     def evaluate(x_at: torch.Tensor, act: torch.Tensor):
         tl = loss_targets[act] if loss_targets is not None else None
@@ -138,8 +140,9 @@ def apgd_run(
     hist[0] = loss
     control = StepControl(steps, loss, rho)
     x_old = x.clone()
+    stuck = torch.zeros(n, dtype=torch.bool, device=dev)
     for i in range(steps):
-        act = (~fooled).nonzero().flatten()
+        act = (~fooled & ~stuck).nonzero().flatten()
         if len(act) == 0:
             break
         xa, xi, g = x[act], images[act], grad[act]
@@ -158,7 +161,12 @@ def apgd_run(
         better = loss_a > loss_best[act]
         up = act[better]
         x_best[up], grad_best[up], loss_best[up] = new[better], grad_a[better], loss_a[better]
-        halve = control.check(hist[: i + 2], i + 1, loss_best) & ~fooled
+        if eot_iter == 1:
+            # zero gradient at a point that did not move and is its own best point: every later step
+            # (and every reset to the best point) returns to it, so the image leaves the run
+            same = ((new - xa).flatten(1).abs().amax(1) == 0) & ((new - x_best[act]).flatten(1).abs().amax(1) == 0)
+            stuck[act[same & (grad_a.flatten(1).abs().amax(1) == 0) & ~ok]] = True
+        halve = control.check(hist[: i + 2], i + 1, loss_best) & ~fooled & ~stuck
         if halve.any():
             step[halve] /= 2
             x[halve] = x_best[halve]

@@ -71,11 +71,19 @@ def test_halving_conditions():
 def test_step_halves_at_every_checkpoint_when_the_loss_never_rises():
     x = torch.rand(3, 1, 4, 4)
     y = torch.zeros(3, dtype=torch.long)
-    res = APGD(eps=0.1, steps=100)(Constant(), x, y)
+    # with EOT (a randomized model) a zero gradient is no reason to stop: all 100 steps run
+    res = APGD(eps=0.1, steps=100, eot_iter=2)(Constant(), x, y)
     assert torch.allclose(res.extras["step_size"], torch.full((3,), 2.0 / 2 ** len(checkpoints(100))))
-    assert (res.queries == 101).all()  # the start + one per step
-    res = APGD(eps=0.1, steps=10, eot_iter=3)(Constant(), x, y)
-    assert (res.queries == 3 * 11).all()  # every EOT draw is a query
+    assert (res.queries == 2 * 101).all()  # the start + one per step, every EOT draw a query
+
+
+def test_frozen_image_leaves_the_run():
+    """A deterministic model with a zero gradient: after one step that did not move, the image leaves."""
+    x = torch.rand(3, 1, 4, 4)
+    y = torch.zeros(3, dtype=torch.long)
+    res = APGD(eps=0.1, steps=100)(Constant(), x, y)
+    assert (res.queries == 2).all()
+    assert not res.success.any()
 
 
 @pytest.mark.parametrize("cls", [APGD, APGDT])
