@@ -96,7 +96,7 @@ nav.filters label{font-size:13px;color:#445}nav.filters select{font:inherit;font
 table{border-collapse:collapse;font-size:13px}
 th,td{border:1px solid #d8dbe4;padding:3px 7px;vertical-align:top}
 td{text-align:right;white-space:nowrap}td.t{text-align:left;white-space:nowrap}td.w{text-align:left;white-space:normal;min-width:10em;max-width:18em;overflow-wrap:break-word}
-#runs .ci{display:block}#runs th,#runs td{padding:3px 5px}
+#runs .ci,#defenses .ci{display:block}#runs,#defenses{font-size:12px}#runs th,#runs td,#defenses th,#defenses td{padding:2px 4px}#defenses thead th{min-width:6em;white-space:normal}#runs td.w{min-width:8em;max-width:12em}
 thead th{background:#f2f3f7;position:relative}thead tr.cols th{cursor:pointer;user-select:none}
 thead tr.cols th[aria-sort=ascending]::after{content:" \\25B2";font-size:10px}
 thead tr.cols th[aria-sort=descending]::after{content:" \\25BC";font-size:10px}
@@ -106,7 +106,7 @@ td.g-robust{background:#fffafa}td.g-clean{background:#fbfefb}
 caption{text-align:left;color:#556;padding:.2em 0;caption-side:top}
 tbody tr:hover td{background:#fff8d6}
 .ci{color:#778;font-size:12px}.muted{color:#889}
-img.thumb{height:40px;margin:0 2px;border:1px solid #ccd;image-rendering:pixelated;vertical-align:middle}
+img.pic{height:160px;margin:0 4px;border:1px solid #ccd}img.thumb{height:40px;margin:0 2px;border:1px solid #ccd;image-rendering:pixelated;vertical-align:middle}
 .figs{display:flex;flex-wrap:wrap;gap:1em}.figs figure{margin:0}.figs img{max-width:100%}
 figcaption{font-size:12px;color:#556;max-width:560px}
 table.heat td{min-width:5.5em;text-align:center}table.heat th{text-align:left}
@@ -521,9 +521,9 @@ def figure_links(r: RunRecord, out_dir: Path) -> list[str]:
     return ok
 
 
-def thumbs(paths: Iterable[str], prefix: str = "") -> str:
+def thumbs(paths: Iterable[str], prefix: str = "", cls: str = "thumb") -> str:
     return " ".join(
-        f'<a href="{href(prefix + p)}" title="{esc(Path(p).name)}"><img class="thumb" loading="lazy" '
+        f'<a href="{href(prefix + p)}" title="{esc(Path(p).name)}"><img class="{cls}" loading="lazy" '
         f'src="{href(prefix + p)}" alt="{esc(Path(p).stem)}"></a>'
         for p in paths
     )
@@ -831,11 +831,12 @@ def render_model_page(model: str, records: list[RunRecord], out_dir: Path) -> st
         except json.JSONDecodeError:
             cfg = r.config_json
         dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
-        pics = thumbs(figure_links(r, out_dir), prefix="../")
+        note = "" if r.variant == "standard" else f" (one run scores every variant, {esc(r.variant)} included)"
+        pics = thumbs(figure_links(r, out_dir), prefix="../", cls="pic")
         parts.append(
             f'<section class="run" id="{esc(anchor)}"><h2>{esc(r.attack)} · {esc(threat_label(r.norm, r.eps))} · '
             f"{esc(r.dataset)} · {esc(r.defense)}{'' if r.variant == 'standard' else ' · ' + esc(r.variant)}</h2>"
-            f'<dl class="prov">{dl}</dl><p>Rerun:</p><pre><code>{esc(rerun_command(r, str(out_dir)))}</code></pre>'
+            f'<dl class="prov">{dl}</dl><p>Rerun{note}:</p><pre><code>{esc(rerun_command(r, str(out_dir)))}</code></pre>'
             f"<details><summary>resolved config</summary><pre>{esc(cfg)}</pre></details>"
             + (f"<p>{pics}</p>" if pics else "")
             + "</section>"
@@ -926,3 +927,47 @@ def write_pages(
     path = out / "leaderboard.html"
     write(path, render_leaderboard(records, board, summ, out))
     return path
+
+
+# ---- a picture of the page (README's screenshot) -----------------------------------------------------
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def screenshot(page_path: str | Path, png_path: str | Path, width: int = 1400, height: int = 1500, browser: str = "") -> Path:
+    """Render ``page_path`` in the system's headless Chromium (Playwright drives it; nothing is
+    downloaded) and save the top ``width`` x ``height`` pixels as a PNG."""
+    import shutil
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    exe = browser or next((p for n in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(n))), "")
+    if not exe:
+        raise FileNotFoundError("no Chromium found (apt-get install chromium)")
+    out = Path(png_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            profile, executable_path=exe, headless=True, args=CHROMIUM_FLAGS, viewport={"width": width, "height": height}
+        )
+        try:
+            pg = ctx.new_page()
+            pg.goto(Path(page_path).resolve().as_uri(), wait_until="load")
+            pg.screenshot(path=str(out))
+        finally:
+            ctx.close()
+    return out
+
+
+if __name__ == "__main__":  # python -m fragility.benchmarks.page RESULTS_DIR OUT.png
+    import sys
+
+    print(screenshot(Path(sys.argv[1]) / "leaderboard.html", sys.argv[2]))
