@@ -69,7 +69,8 @@ class CueConflictSet:
     content_loss: torch.Tensor  # per image (relative, see style_transfer)
     style_loss: torch.Tensor  # per image, against the texture image's Grams
     start_style_loss: torch.Tensor  # the content image's own style loss against the texture
-    seconds: float
+    seconds: float  # wall clock
+    cpu_seconds: float = math.nan  # CPU time of this process (all its threads): less sensitive to a busy machine
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -94,7 +95,7 @@ def build_cue_conflict(
         raise DataError("no content images for the cue-conflict set")
     dev = next((p.device for p in extractor.model.parameters()), torch.device("cpu"))
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("x", "ti", "lc", "ls", "l0")}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with eval_mode(extractor.model):
         for i in range(0, len(content), batch_size):
             sl = slice(i, i + batch_size)
@@ -121,6 +122,7 @@ def build_cue_conflict(
         style_loss=torch.cat(parts["ls"]),
         start_style_loss=torch.cat(parts["l0"]),
         seconds=time.perf_counter() - t0,
+        cpu_seconds=time.process_time() - c0,
     )
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ import matplotlib
 matplotlib.use("Agg")
 import hydra
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -76,6 +78,31 @@ def set_settings(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def _sources(cfg: DictConfig):
+    """The feature network, the content images and the texture pool the settings name."""
+    device = resolve_device(cfg.device)
+    features = safe_instantiate(cfg.features, _allowed(cfg)).to(device).eval()
+    source = safe_instantiate(cfg.content, _allowed(cfg))
+    content = source.load(int(cfg.n_samples), int(cfg.seed), features.input_size)
+    tex_source = source.train_split(cfg.texture_path) or source
+    textures = tex_source.load(cfg.texture_n, int(cfg.seed) + 1, features.input_size)
+    return device, features, content, textures
+
+
+def _set_picture(path: Path, content, textures, x, y_shape, y_texture, texture_id, features_name: str, k: int = 10) -> Path:
+    k = min(k, len(x))
+    return style_panel(
+        content.images(slice(0, k)),
+        textures.images(_positions(textures, texture_id[:k])),
+        x[:k].float() / 255,
+        content.class_names,
+        y_shape[:k],
+        y_texture[:k],
+        path.with_suffix(".png"),
+        title=f"cue-conflict images ({features_name} features)",
+    )
+
+
 def build_set(cfg: DictConfig) -> Path:
     """Build the cue-conflict npz (or reuse one made with the same settings); print the quality check."""
     path = Path(cfg.cue_conflict)
@@ -87,13 +114,14 @@ def build_set(cfg: DictConfig) -> Path:
         print(
             f"[fragility-style] reusing {path} ({meta.get('n')} images, built in {meta.get('seconds_per_image', 0):.3f} s/image)"
         )
+        if not path.with_suffix(".png").is_file():  # the picture is drawn from the sources and the stored set
+            _, _, content, textures = _sources(cfg)
+            with np.load(path, allow_pickle=False) as f:
+                x = torch.from_numpy(f["x"]).permute(0, 3, 1, 2)
+                ys, yt, tid = (torch.from_numpy(f[k]) for k in ("y", "y_texture", "texture_id"))
+            _set_picture(path, content, textures, x, ys, yt, tid, str(meta.get("feature_network")))
         return path
-    device = resolve_device(cfg.device)
-    features = safe_instantiate(cfg.features, _allowed(cfg)).to(device).eval()
-    source = safe_instantiate(cfg.content, _allowed(cfg))
-    content = source.load(int(cfg.n_samples), int(cfg.seed), features.input_size)
-    tex_source = source.train_split(cfg.texture_path) or source
-    textures = tex_source.load(cfg.texture_n, int(cfg.seed) + 1, features.input_size)
+    device, features, content, textures = _sources(cfg)
     extractor = FeatureExtractor(features, cfg.content_layer, list(cfg.style_layers) if cfg.style_layers else None)
     bar = tqdm(total=len(content), desc=f"cue-conflict ({extractor.name})", unit="img", disable=not cfg.progress, leave=False)
     cc = build_cue_conflict(
@@ -119,24 +147,16 @@ def build_set(cfg: DictConfig) -> Path:
         "threads": torch.get_num_threads(),
         "seconds": round(cc.seconds, 3),
         "seconds_per_image": cc.seconds / len(cc),
+        "cpu_seconds_per_image": cc.cpu_seconds / len(cc),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "quality": q,
     }
     save_cue_conflict(path, cc, list(content.class_names), meta)
+    panel = _set_picture(path, content, textures, cc.x, cc.y_shape, cc.y_texture, cc.texture_id, extractor.name)
     print(
-        f"[fragility-style] wrote {path}: {len(cc)} cue-conflict images ({extractor.name} features, {cc.seconds / len(cc):.3f} s/image)"
+        f"[fragility-style] wrote {path}: {len(cc)} cue-conflict images ({extractor.name} features, {cc.seconds / len(cc):.3f} s/image, {cc.cpu_seconds / len(cc):.3f} CPU s/image)"
     )
     print("[fragility-style] quality: " + "  ".join(f"{k} {v:.3g}" for k, v in q.items()))
-    k = min(10, len(cc))
-    panel = style_panel(
-        content.images(slice(0, k)),
-        textures.images(_positions(textures, cc.texture_id[:k])),
-        cc.x[:k].float() / 255,
-        content.class_names,
-        cc.y_shape[:k],
-        cc.y_texture[:k],
-        path.with_suffix(".png"),
-        title=f"cue-conflict images ({extractor.name} features)",
-    )
     print(f"[fragility-style] picture: {panel}")
     return path
 

@@ -205,7 +205,10 @@ def main() -> None:
         if r.attack == "stylize"
     ]
     sets = {
-        p.stem: {k: read_meta(p).get(k) for k in ("n", "feature_network", "seconds_per_image", "threads", "quality")}
+        p.stem: {
+            k: read_meta(p).get(k)
+            for k in ("n", "feature_network", "seconds_per_image", "cpu_seconds_per_image", "load_average", "threads", "quality")
+        }
         for p in (dset, cset)
         if p.is_file()
     }
@@ -223,13 +226,13 @@ def main() -> None:
         )
     lines += [
         "",
-        "| set | features | s/image | median style reduction | share >= 10x | median content loss | p90 content loss |",
+        "| set | features | wall s/image (CPU s/image) | median style reduction | share >= 10x | median content loss | p90 content loss |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for name, s in sets.items():
         q = s["quality"] or {}
         lines.append(
-            f"| {name} ({s['n']}) | {s['feature_network']} | {s['seconds_per_image']:.3f} | "
+            f"| {name} ({s['n']}) | {s['feature_network']} | {s['seconds_per_image']:.3f} ({s.get('cpu_seconds_per_image') or math.nan:.3f}) | "
             f"{q.get('median_style_reduction', math.nan):.1f}x | {q.get('share_style_reduction_ge_10x', math.nan):.0%} | "
             f"{q.get('median_content_loss', math.nan):.3f} | {q.get('p90_content_loss', math.nan):.3f} |"
         )
