@@ -40,8 +40,11 @@ def _precheck(argv: list[str]) -> None:
 @hydra.main(config_path="pkg://fragility.conf", config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
     from fragility.benchmarks.runner import run
+    from fragility.benchmarks.sweep import in_multirun, run_sweep_job
 
     logging.getLogger("fragility").setLevel(logging.INFO)
+    if in_multirun():  # any launcher: a failed job is recorded and reported, the sweep goes on (benchmarks/sweep.py)
+        return run_sweep_job(cfg, run)
     try:
         run(cfg)
     except FragilityError as e:
@@ -51,7 +54,7 @@ def _app(cfg: DictConfig) -> None:
     from fragility.benchmarks.leaderboard import terminal_table
     from fragility.benchmarks.store import ResultStore
 
-    print(terminal_table(ResultStore(cfg.results_dir).records()))
+    print(terminal_table(ResultStore.for_config(cfg).records()))
     print(f"[fragility] leaderboards written to {cfg.results_dir}/leaderboard.{{csv,md,html}}")
 
 
@@ -70,11 +73,19 @@ def _leaderboard_app(cfg: DictConfig) -> None:
     from pathlib import Path
 
     from fragility.benchmarks.leaderboard import terminal_table, write_leaderboards
-    from fragility.benchmarks.store import DB_NAME, ResultStore
+    from fragility.benchmarks.store import DB_NAME, ResultStore, merge_stores
 
-    if not (Path(cfg.results_dir) / DB_NAME).is_file():
+    db = cfg.get("results_db")
+    if not db and not (Path(cfg.results_dir) / DB_NAME).is_file() and not cfg.get("merge_from"):
         _fail(f"no results store in {cfg.results_dir} (expected {DB_NAME}); run fragility first")
-    records = ResultStore(cfg.results_dir).records()
+    try:
+        store = ResultStore(db or cfg.results_dir)
+        if cfg.get("merge_from"):  # e.g. a laptop's results dir into the team's database; rows keyed by config hash
+            copied, present = merge_stores(ResultStore(cfg.merge_from), store)
+            print(f"[fragility] merged {cfg.merge_from} into {store.path}: {copied} runs copied, {present} already there")
+        records = store.records()
+    except FragilityError as e:
+        _fail(str(e))
     write_leaderboards(records, cfg.results_dir)
     print(terminal_table(records))
     print(f"[fragility] {len(records)} runs; leaderboards written to {cfg.results_dir}/leaderboard.{{csv,md,html}}")

@@ -14,7 +14,18 @@ import torchvision
 import fragility
 
 # Top-level keys that change where or how results are shown, not what is measured.
-NON_SEMANTIC_KEYS = ("results_dir", "logger", "force", "device", "batch_size", "progress", "hydra", "allowed_targets", "explain")
+NON_SEMANTIC_KEYS = (
+    "results_dir",
+    "results_db",
+    "logger",
+    "force",
+    "device",
+    "batch_size",
+    "progress",
+    "hydra",
+    "allowed_targets",
+    "explain",
+)
 
 
 def config_hash(cfg: dict) -> str:

@@ -137,7 +137,7 @@ def run(cfg: DictConfig) -> RunRecord:
     defense = build_defense(cfg, allowed)
     variants = ["standard"] + (["adaptive"] if defense is not None and defense.needs_adaptive else [])
     hashes = {v: variant_hash(resolved, v) for v in variants}
-    store = ResultStore(cfg.results_dir)
+    store = ResultStore.for_config(cfg)
     results_dir = Path(cfg.results_dir)
     force = bool(cfg.get("force", False))
     done = {v: store.get(h) for v, h in hashes.items()} if not force else {}

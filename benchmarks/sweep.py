@@ -54,9 +54,11 @@ def run_sweep_job(cfg: DictConfig, run) -> str:
     label = f"job {hc.job.num} ({' '.join(hc.overrides.task)})"
     start, t0 = now(), time.perf_counter()
     try:
+        was_done = _standard_done(cfg)
         with job_resources(str(cfg.get("device", "auto"))):
             rec = run(cfg)
-        status = "skipped" if rec is not None and rec.timestamp < start else "done"
+        # skipped: its row was there before and nothing newer came back (a variant may be returned instead)
+        status = "skipped" if was_done and rec is not None and rec.timestamp < start else "done"
     except Exception as e:  # containment: whatever one job raises, the sweep goes on
         status, msg = "failed", one_line(e)
         where = record_failure(cfg, msg)
@@ -65,6 +67,14 @@ def run_sweep_job(cfg: DictConfig, run) -> str:
     if line:
         print(line, flush=True)
     return status
+
+
+def _standard_done(cfg: DictConfig) -> bool:
+    if cfg.get("force", False):
+        return False
+    from fragility.benchmarks.store import ResultStore
+
+    return ResultStore.for_config(cfg).has(config_hash(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)))
 
 
 def record_failure(cfg: DictConfig, msg: str) -> str:
