@@ -215,8 +215,9 @@ def slug(text: str) -> str:
     return s
 
 
-def href(path: str) -> str:
-    return esc(quote(str(path), safe="/#"))
+def href(path: str, fragment: str = "") -> str:
+    """A relative link: the path URL-quoted (no scheme can survive), then HTML-escaped."""
+    return esc(quote(str(path), safe="/") + (f"#{quote(fragment, safe='')}" if fragment else ""))
 
 
 def _number(v: float, kind: str) -> str:
@@ -668,8 +669,10 @@ def filter_bar(values: dict[str, Iterable[str]]) -> str:
 
 
 def tabs(threats: Iterable[str]) -> str:
-    buttons = ['<button type="button" data-value="" aria-selected="true">all threat models</button>']
-    buttons += [f'<button type="button" data-value="{esc(t)}" aria-selected="false">{esc(t)}</button>' for t in threats]
+    buttons = ['<button type="button" role="tab" data-value="" aria-selected="true">all threat models</button>']
+    buttons += [
+        f'<button type="button" role="tab" data-value="{esc(t)}" aria-selected="false">{esc(t)}</button>' for t in threats
+    ]
     return f'<div class="tabs" role="tablist" aria-label="threat models">{"".join(buttons)}</div>'
 
 
@@ -748,8 +751,8 @@ def render_leaderboard(records: list[RunRecord], board: pd.DataFrame, summ: pd.D
         cells = []
         for c in b_cols:
             if c.key == "config_hash":
-                link = f"models/{slug(row['model'])}.html#{row['config_hash']}-{row.get('variant', 'standard')}"
-                cells.append((f'<a href="{href(link)}">{esc(str(row[c.key])[:8])}</a>', None))
+                link = href(f"models/{slug(row['model'])}.html", f"{row['config_hash']}-{row.get('variant', 'standard')}")
+                cells.append((f'<a href="{link}">{esc(str(row[c.key])[:8])}</a>', None))
             elif c.key == "pictures":
                 cells.append((thumbs(figure_links(r, out)) if r is not None else "", None))
             else:
@@ -880,7 +883,7 @@ def export_records(records: list[RunRecord]) -> dict[str, dict]:
             "worst_attack": worst.attack + ("" if worst.variant == "standard" else f" ({worst.variant})"),
             "units": "percent",
             "upper_bound": True,
-            "weights_sha256": shas[0] if len(shas) == 1 else shas,
+            "weights_sha256": shas,  # the checkpoints' SHA-256 (one, unless runs of the name used different weights)
             "flags": flags,
             "attacks": [
                 {

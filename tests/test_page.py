@@ -100,7 +100,7 @@ def test_page_valid_escaped_and_readable(tmp_path):
     assert main.count("data:image/png;base64,") == 1  # one budget curve (one dataset, one norm)
     assert main.count('<table class="heat">') == 3  # one heatmap per threat model
     for t in ("linf 0.1", "linf 0.3"):
-        assert f'<button type="button" data-value="{t}"' in main
+        assert f'<button type="button" role="tab" data-value="{t}"' in main
     ids = [part.split('"')[0] for part in main.split(' id="')[1:]]
     assert len(ids) == len(set(ids))
 
@@ -156,6 +156,14 @@ def test_unknown_and_empty_columns_render():
     html = page.render_table("t", "cap", cols, page.board_rows(df, cols, lambda r: {"model": r["model"]}, lambda r: 100))
     strict_parse(f"<!doctype html><html lang=en><head><title>x</title></head><body>{html}</body></html>")
     assert "25.0% " in html and ">3<" in html and 'data-model="a"' in html
+
+
+def test_empty_store_renders_valid_pages(tmp_path):
+    write_leaderboards([], tmp_path)
+    for name in ("leaderboard.html", "defense_leaderboard.html"):
+        text = (tmp_path / name).read_text()
+        strict_parse(text)
+        assert "(no runs yet)" in text
 
 
 @pytest.mark.parametrize("text", ["linf 0.1", "a/b", "..", EVIL])

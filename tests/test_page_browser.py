@@ -61,6 +61,7 @@ def test_page_in_headless_chromium(tmp_path):
             page.on("dialog", lambda d: errors.append(f"dialog {d.message}"))  # an unescaped <script> would open one
             page.goto(url, wait_until="load")
             assert errors == []
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1400  # nothing runs off the right edge
             assert page.eval_on_selector("img.thumb", "i => i.complete && i.naturalWidth") == 40  # the run's picture loads
 
             rows = "#runs tbody tr:not([hidden])"
