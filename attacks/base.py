@@ -64,7 +64,9 @@ class QueryCounter(nn.Module):
     """Wraps the model and counts forward passes per sample of the attacked batch.
 
     An attack that evaluates a subset or many candidates per image passes ``idx``: for each row of
-    ``x``, the index of the batch sample it belongs to.
+    ``x``, the index of the batch sample it belongs to. A model that runs its network several
+    times per image in one call (EOT, randomized smoothing) sets ``last_passes`` to that number
+    (read from the instance, never inherited), and each call counts that many queries.
     """
 
     def __init__(self, model: nn.Module, n: int) -> None:
@@ -74,13 +76,17 @@ class QueryCounter(nn.Module):
         self.training = False  # its own flag only; the model's modes are owned by eval_mode()
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        if idx is None and x.shape[0] != len(self.counts):
+            raise RuntimeError("QueryCounter: pass idx= when the batch is not the attacked batch")
+        out = self.model(x)
+        # a wrapper that runs the network several times per image (EOT draws, a smoothed
+        # classifier's votes) says how many in ``last_passes``: a query is one real forward pass
+        mult = int(self.model.__dict__.get("last_passes", 1))
         if idx is None:
-            if x.shape[0] != len(self.counts):
-                raise RuntimeError("QueryCounter: pass idx= when the batch is not the attacked batch")
-            self.counts += 1
+            self.counts += mult
         else:
-            self.counts += torch.bincount(idx.detach().cpu().long(), minlength=len(self.counts))
-        return self.model(x)
+            self.counts += mult * torch.bincount(idx.detach().cpu().long(), minlength=len(self.counts))
+        return out
 
     def __getattr__(self, name: str) -> Any:
         try:

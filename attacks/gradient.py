@@ -70,12 +70,37 @@ def ascent_step(grad: torch.Tensor, norm: str, step: float) -> torch.Tensor:
 
 
 def project(adv: torch.Tensor, images: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """``adv`` moved into the ``norm`` ball of radius ``eps`` around ``images``, exactly: the
+    distance measured in float64 on the returned float values never exceeds ``eps``."""
     delta = adv - images
     if norm == "linf":
         delta = delta.clamp(-eps, eps)
     else:
         delta = delta * (eps / _flat_norm(delta)).clamp(max=1.0)
-    return images + delta
+    return _inside(images + delta, images, norm, eps)
+
+
+def _inside(adv: torch.Tensor, images: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """``images + delta`` in float32 (and ``eps`` itself rounded to float32) can land outside the
+    ball by up to ~4e-8 at eps=8/255; move those values back, measured in float64, until none is.
+    Clipping to [0, 1] afterwards only moves values toward ``images``, so it keeps this bound."""
+    for i in range(8):
+        d = adv.double() - images.double()
+        if norm == "linf":
+            over = d.abs() > eps
+            if not over.any():
+                break
+            # first the boundary value rounded to the nearest float, then one ulp toward images
+            fixed = (images.double() + d.clamp(-eps, eps)).to(adv.dtype) if i == 0 else torch.nextafter(adv, images)
+            adv = torch.where(over, fixed, adv)
+        else:
+            n = d.flatten(1).norm(dim=1)
+            over = n > eps
+            if not over.any():
+                break
+            shrink = ((eps / n).clamp(max=1.0) * (1 - 1e-6)).view(-1, *([1] * (adv.dim() - 1)))
+            adv = torch.where(over.view_as(shrink), images + ((adv - images).double() * shrink).to(adv.dtype), adv)
+    return adv
 
 
 def random_start(images: torch.Tensor, norm: str, eps: float, rng: SampleRNG) -> torch.Tensor:

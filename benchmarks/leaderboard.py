@@ -19,12 +19,14 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
 from fragility.benchmarks import page
 from fragility.benchmarks.record import RunRecord
+from fragility.benchmarks.worst_case import worst_case
 from fragility.budget import format_number
 
 COLUMNS = [
@@ -47,6 +49,7 @@ COLUMNS = [
     "mean_l0",
     "seconds",
     "seed",
+    "flags",
     "config_hash",
 ]
 
@@ -59,22 +62,13 @@ def leaderboard(records: list[RunRecord]) -> pd.DataFrame:
     return df[COLUMNS].reset_index(drop=True)
 
 
-def summary(records: list[RunRecord]) -> pd.DataFrame:
-    """Worst case per (model, dataset, defense, norm, eps) over attacks and variants."""
-    cols = ["model", "dataset", "defense", "threat", "clean_acc", "worst_robust_acc", "worst_attack", "n_attacks"]
-    df = pd.DataFrame([r.__dict__ for r in records], columns=RunRecord.columns())
-    if df.empty:
-        return pd.DataFrame(columns=cols)
-    df["threat"] = [
-        f"{n} {format_number(e)}" if not (isinstance(e, float) and math.isnan(e)) else str(n)
-        for n, e in zip(df["norm"], df["eps"])
-    ]
-    out = []
-    for key, g in df.groupby(["model", "dataset", "defense", "threat"], sort=True):
-        worst = g.loc[g["robust_acc"].idxmin()]
-        label = worst["attack"] + ("" if worst["variant"] == "standard" else f" ({worst['variant']})")
-        out.append([*key, float(g["clean_acc"].max()), float(worst["robust_acc"]), label, len(g)])
-    return pd.DataFrame(out, columns=cols).sort_values(["model", "dataset", "defense", "worst_robust_acc"], kind="stable")
+def summary(records: list[RunRecord], samples: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """Worst case per (model, weights, dataset, defense, threat, seed, n) over attacks and
+    variants, counted per sample when ``samples`` (``{config_hash: per-sample frame}``, e.g.
+    :func:`fragility.benchmarks.worst_case.samples_for`) holds every record's facts: an image is
+    robust only if it survives every attack. Else the lowest aggregate. See
+    :func:`fragility.benchmarks.worst_case.worst_case` for the columns."""
+    return worst_case(records, samples)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -92,11 +86,14 @@ def _fmt(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def write_leaderboards(records: list[RunRecord], out_dir: str | Path) -> pd.DataFrame:
-    """Write leaderboard.csv/.md/.html and summary.csv into ``out_dir``; return the board."""
+def write_leaderboards(
+    records: list[RunRecord], out_dir: str | Path, samples: Mapping[str, pd.DataFrame] | None = None
+) -> pd.DataFrame:
+    """Write leaderboard.csv/.md/.html and summary.csv into ``out_dir``; return the board.
+    ``samples``: per-sample facts for the per-sample worst case (:func:`summary`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    board, summ = leaderboard(records), summary(records)
+    board, summ = leaderboard(records), summary(records, samples)
     _atomic_write(out / "leaderboard.csv", board.to_csv(index=False))
     _atomic_write(out / "summary.csv", summ.to_csv(index=False))
     md = "# fragility leaderboard\n\n## Worst case per model and budget\n\n"
@@ -124,6 +121,7 @@ def terminal_table(records: list[RunRecord]) -> str:
         "success_rate",
         "mean_queries",
         "seconds",
+        "flags",
     ]
     return _fmt(board[cols]).to_string(index=False)
 
@@ -165,12 +163,14 @@ def defense_leaderboard(records: list[RunRecord]) -> pd.DataFrame:
         for k, v in _extra(r).items():
             if k.startswith("certified_acc@") or k == "abstain_rate":
                 row[k] = v
+        if r.flags:  # masking checks that fired on any of the row's runs
+            row["flags"] = "; ".join(sorted(set(filter(None, row.get("flags", "").split("; "))) | {r.flags}))
     if not rows:
         return pd.DataFrame(columns=[*KEYS, "n", "clean_acc"])
     df = pd.DataFrame(list(rows.values()))
     worst = sorted(c for c in df.columns if c.startswith("worst ") and not c.endswith(" by"))
     cert = sorted((c for c in df.columns if c.startswith("certified_acc@")), key=lambda c: float(c.split("@")[1]))
-    extra = cert + (["abstain_rate"] if "abstain_rate" in df.columns else [])
+    extra = cert + (["abstain_rate"] if "abstain_rate" in df.columns else []) + (["flags"] if "flags" in df.columns else [])
     ordered = [*KEYS, "n", "clean_acc"] + [c for w in worst for c in (w, f"{w} by")] + extra + robust_cols
     df = df[ordered]
     sort = [*KEYS[:2]] + (worst[:1] if worst else [])

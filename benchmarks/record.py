@@ -47,6 +47,8 @@ class RunRecord:
     config_json: str = "{}"  # the resolved config that reproduces the run
     extra_json: str = "{}"  # attack-specific numbers and artifact paths
     status: str = "done"
+    flags: str = ""  # gradient-masking checks that fired (benchmarks/checks.py), e.g. "zero_grad 64/64"
+    weights_sha256: str = ""  # SHA-256 of the checkpoint file the weights came from ("" when unknown)
 
     @classmethod
     def columns(cls) -> list[str]:

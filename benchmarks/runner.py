@@ -41,7 +41,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from fragility.attacks.base import AttackResult
+from fragility.benchmarks.checks import CheckSettings, Flag, format_flags, run_checks
 from fragility.benchmarks.config import safe_instantiate
+from fragility.benchmarks.escalation import EscalationSettings, attack_with, eot_model, plan
 from fragility.benchmarks.explain import explain_figures
 from fragility.benchmarks.figures import run_figures
 from fragility.benchmarks.leaderboard import COLUMNS, defense_leaderboard, log_wandb_table, write_leaderboards
@@ -240,7 +242,10 @@ class Trial:
         return replace(data, name=source_label(source, data))
 
     def score(self, variant: str, config_hash: str) -> RunRecord:
-        """Attack the initially correct samples once in ``variant``, store the record, log it."""
+        """Attack the initially correct samples once in ``variant``, run the gradient-masking
+        checks, store the record (with its ``flags``), log it. When a check fires and
+        ``escalate`` is on, the attack that answers it runs as its own record
+        (:meth:`_escalate`); the worse of the two is returned."""
         with adaptive_mode(self.model, variant == "adaptive"):
             if getattr(self.attack, "trains", False):
                 held_out = replace(self.data, name=source_label(self.source, self.data))
@@ -248,7 +253,64 @@ class Trial:
                     self.model, train=self.training_data(), held_out=held_out, device=self.device, progress=self.progress
                 )
             result, examples, norms, seconds = self._attack_all(variant)
-        return self._record(variant, config_hash, result, examples, norms, seconds)
+            flags = self._checks(result)
+        record = self._record(variant, config_hash, result, examples, norms, seconds, flags=format_flags(flags))
+        escalated = self._escalate(variant, config_hash, flags) if flags else None
+        return record if escalated is None else worst_record([record, escalated])
+
+    def _checks(self, result: AttackResult | None) -> list[Flag]:
+        """The gradient-masking checks (:mod:`fragility.benchmarks.checks`) on the first attacked
+        images, in the variant's mode; printed with the row."""
+        settings = CheckSettings.from_config(self.cfg.get("checks"))
+        if result is None or not settings.enabled or not getattr(self.attack, "needs_gradients", False):
+            return []
+        idx = self._attacked[: settings.probe_n]
+        x, y = self.data.images(idx).to(self.device), self.data.y[idx].to(self.device)
+        t = None if self._targets is None else self._targets[idx].to(self.device)
+        keys = mix64(self.data.ids[idx] + (self.seed << 32))
+
+        def make_attack(**overrides):
+            return safe_instantiate(attack_with(self.cfg.attack, **overrides), self.allowed)
+
+        flags = run_checks(
+            self.model, x, y, result.success[: len(idx)], attack=self.attack, make_attack=make_attack,
+            targets=t, keys=keys, settings=settings,
+        )  # fmt: skip
+        if flags:
+            print(f"[fragility] {self.model.name} / {self.attack.name}: masking checks fired: {format_flags(flags)}")
+        return flags
+
+    def _escalate(self, variant: str, config_hash: str, flags: list[Flag]) -> RunRecord | None:
+        """Score the attack that answers ``flags`` (:func:`fragility.benchmarks.escalation.plan`)
+        as variant ``escalated`` (``<variant>-escalated`` for a non-standard variant), or None
+        when ``escalate=false`` or nothing is left to answer. An adaptive run of a defense already
+        answers its randomness (EOT) and its zero gradients (BPDA); a standard run of such a
+        defense leaves them to its adaptive variant."""
+        if not bool(self.cfg.get("escalate", True)):
+            return None
+        d = self.defense
+        answered: set[str] = set()
+        if d is not None and d.needs_adaptive:
+            if variant == "standard":
+                return None
+            answered |= {"random"} if d.randomized else set()
+            answered |= {"zero_grad"} if not d.differentiable else set()
+        p = plan(flags, self.cfg.attack, EscalationSettings.from_config(self.cfg.get("escalation")), answered)
+        if p is None:
+            return None
+        name = "escalated" if variant == "standard" else f"{variant}-escalated"
+        resolved = {**self.resolved, "attack": OmegaConf.to_container(p.attack, resolve=True), "escalated_from": config_hash}
+        h = variant_hash(resolved, name)
+        if not bool(self.cfg.get("force", False)) and (done := self.store.get(h)) is not None:
+            return done
+        model = eot_model(self.model, p.eot_samples) if p.eot_samples > 1 else self.model
+        trial = replace(self, attack=safe_instantiate(p.attack, self.allowed), model=model, resolved=resolved)
+        print(f"[fragility] escalating {self.attack.name} [{variant}] -> {p.describe()}")
+        with adaptive_mode(model, variant == "adaptive"):
+            if model is not self.model:
+                model.adaptive = True  # EOT over the model's own randomness
+            result, examples, norms, seconds = trial._attack_all(name)
+        return trial._record(name, h, result, examples, norms, seconds)
 
     def _attack_all(self, variant: str):
         attack, data = self.attack, self.data
@@ -279,7 +341,7 @@ class Trial:
         self._targets, self._attacked = targets_all, attacked
         return result, examples, norms, seconds
 
-    def _record(self, variant, h, result, examples, norms, seconds) -> RunRecord:
+    def _record(self, variant, h, result, examples, norms, seconds, flags: str = "") -> RunRecord:
         attack, data, defense = self.attack, self.data, self.defense
         samples = _samples_frame(data, self.clean_pred, self._attacked, result, self._targets, norms, attack)
         metrics = compute_metrics(samples)
@@ -318,6 +380,8 @@ class Trial:
             config_json=json.dumps(self.resolved, default=str),
             extra_json=json.dumps(extra, default=str),
             **versions(),
+            flags=flags,
+            weights_sha256=str(getattr(self.model, "weights_sha256", "") or ""),
         )
         self.store.write(record, samples)
         self._log(record, metrics, ctx)
@@ -325,7 +389,7 @@ class Trial:
         print(
             f"[fragility] {record.model} / {record.dataset} / {record.defense} / {record.attack} {record.params}{_vtag(record)}: "
             f"clean {record.clean_acc:.1%}  robust {record.robust_acc:.1%}  success {record.success_rate:.1%} {ci}  "
-            f"queries {record.mean_queries:.1f}  {seconds:.1f}s  (config {h})"
+            f"queries {record.mean_queries:.1f}  {seconds:.1f}s  (config {h})" + (f"  flags: {flags}" if flags else "")
         )
         return record
 

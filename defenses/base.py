@@ -106,6 +106,9 @@ class DefendedClassifier(nn.Module):
         self.class_names = list(model.class_names)
         self.name = str(model.name)
         self._gen: torch.Generator | None = None
+        #: network forward passes per input image in the last call (EOT draws, votes), read by the
+        #: attacks' query counter so that ``queries`` counts real passes, not calls
+        self.last_passes = 1
         self.eval()
 
     # Attribute access falls back to the wrapped classifier (mean, std, net, ...), like Classifier.
@@ -143,13 +146,16 @@ class DefendedClassifier(nn.Module):
         d = self.defense
         g = self.generator(images.device) if d.randomized else None
         if not (self.adaptive and torch.is_grad_enabled() and images.requires_grad):
-            return self.model(d.transform(images, g))
+            out = self.model(d.transform(images, g))
+            self.last_passes = passes(self.model)
+            return out
         k = self.eot_samples_now()
         x = images.repeat(k, *([1] * (images.dim() - 1))) if k > 1 else images
         t = d.transform(x, g)
         if not d.differentiable:
             t = bpda(x, t, d.approximation(x))
         logits = self.model(t)
+        self.last_passes = k * passes(self.model)
         if k == 1:
             return logits
         logp = torch.log_softmax(logits.float(), 1).view(k, len(images), -1)
@@ -157,6 +163,11 @@ class DefendedClassifier(nn.Module):
 
     def eot_samples_now(self) -> int:
         return self.defense.eot_samples if self.defense.randomized else 1
+
+
+def passes(model: nn.Module) -> int:
+    """Network forward passes per input image that ``model``'s last call made (1 for a plain model)."""
+    return int(model.__dict__.get("last_passes", 1))
 
 
 def set_adaptive(model: nn.Module, adaptive: bool) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from scipy.stats import beta, binomtest, norm
 
-from fragility.defenses.base import DefendedClassifier, Defense
+from fragility.defenses.base import DefendedClassifier, Defense, passes
 from fragility.defenses.gaussian_noise import check_sigma, gaussian
 from fragility.errors import ConfigError
 
@@ -81,6 +81,7 @@ class SmoothedClassifier(DefendedClassifier):
         if torch.is_grad_enabled() and images.requires_grad:
             return super().forward(images)
         counts = self.votes(images, self.defense.n0)
+        self.last_passes = self.defense.n0 * self._inner_passes
         return torch.log((counts.float() + 1e-3) / self.defense.n0)
 
     @torch.no_grad()
@@ -89,12 +90,14 @@ class SmoothedClassifier(DefendedClassifier):
         d = self.defense
         g = self.generator(images.device)
         counts = torch.zeros(len(images), self.num_classes, dtype=torch.long, device=images.device)
+        self._inner_passes = 1
         per = max(1, d.max_batch // max(len(images), 1))  # draws per image in one forward
         done = 0
         while done < num:
             k = min(per, num - done)
             x = images.repeat_interleave(k, 0)
             pred = self.model(d.transform(x, g)).argmax(1).view(len(images), k)
+            self._inner_passes = passes(self.model)
             counts.scatter_add_(1, pred, torch.ones_like(pred))
             done += k
         return counts

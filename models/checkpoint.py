@@ -6,6 +6,7 @@ when unpickled is refused, never executed. Errors come back as one line naming t
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import warnings
 import zipfile
@@ -86,3 +87,24 @@ def load_weights(net: nn.Module, path: str | Path, map_location: str | torch.dev
         raise CheckpointError(f"{path} does not match the {type(net).__name__} architecture: " + "; ".join(parts))
     net.load_state_dict(sd, strict=True)
     return net
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex): the identity of a set of weights."""
+    h = hashlib.sha256()
+    with open(Path(path).expanduser(), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def identify(model: nn.Module, path: str | Path | None, *, rename: bool = True) -> nn.Module:
+    """Record where ``model``'s weights came from: ``model.weights_sha256`` is the SHA-256 of the
+    file at ``path``, and (``rename``) the display name gets its first 8 hex digits
+    (``cifar_resnet20@12fca82f``), so two weight files of one architecture never merge in a
+    leaderboard. Returns ``model``."""
+    if path:
+        model.weights_sha256 = file_sha256(path)
+        if rename and "@" not in model.name:
+            model.name = f"{model.name}@{model.weights_sha256[:8]}"
+    return model

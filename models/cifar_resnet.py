@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fragility.errors import ConfigError
-from fragility.models.checkpoint import load_weights
+from fragility.models.checkpoint import identify, load_weights
 from fragility.models.compile import maybe_compile
 from fragility.models.wrapper import Classifier
 
@@ -95,4 +95,4 @@ def build(
         load_weights(net, Path(checkpoint))
     names = list(class_names) if class_names else (CIFAR10_CLASSES if num_classes == 10 else [str(i) for i in range(num_classes)])
     model = Classifier(net, mean=mean, std=std, input_size=(3, 32, 32), class_names=names, name=f"cifar_resnet{depth}")
-    return maybe_compile(model, compile)
+    return maybe_compile(identify(model, checkpoint), compile)

@@ -17,7 +17,7 @@ from torch import nn
 
 from fragility.datasets.digits import DIGITS_CLASSES, digits_arrays
 from fragility.errors import CheckpointError
-from fragility.models.checkpoint import load_weights
+from fragility.models.checkpoint import identify, load_weights
 from fragility.models.compile import maybe_compile
 from fragility.models.wrapper import Classifier
 
@@ -79,6 +79,7 @@ def build(checkpoint: str | None = None, retrain: bool = False, compile: bool = 
     """The digits CNN: from ``checkpoint`` if given, else from the cache (trained on first use);
     ``compile``: forward through torch.compile (models/compile.py)."""
     net = DigitsCNN()
+    path = None
     if checkpoint:
         load_weights(net, checkpoint)
     else:
@@ -99,4 +100,6 @@ def build(checkpoint: str | None = None, retrain: bool = False, compile: bool = 
             torch.save(net.state_dict(), tmp)
             os.replace(tmp, path)
     model = Classifier(net, mean=DIGITS_MEAN, std=DIGITS_STD, input_size=(1, 8, 8), class_names=DIGITS_CLASSES, name="digits_cnn")
-    return maybe_compile(model, compile)
+    # weights from a user's file carry its hash in the name; the cached recipe model keeps its
+    # plain name (the recipe identifies it) and still records the cache file's hash
+    return maybe_compile(identify(model, checkpoint or path, rename=bool(checkpoint)), compile)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from fragility.errors import CheckpointError, ConfigError
-from fragility.models.checkpoint import load_weights
+from fragility.models.checkpoint import identify, load_weights
 from fragility.models.compile import maybe_compile
 from fragility.models.wrapper import Classifier
 
@@ -61,5 +61,5 @@ def build(
     else:
         raise ConfigError(f"unknown checkpoint format {format!r} (state_dict, torchscript)")
     names = list(class_names) if class_names else [str(i) for i in range(int(num_classes))]
-    model = Classifier(net, mean=mean, std=std, input_size=input_size, class_names=names, name=name or p.stem)
-    return maybe_compile(model, compile)
+    model = Classifier(net, mean=mean, std=std, input_size=input_size, class_names=names, name=name or arch or p.stem)
+    return maybe_compile(identify(model, p), compile)

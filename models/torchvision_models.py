@@ -10,7 +10,7 @@ from __future__ import annotations
 import torchvision
 
 from fragility.errors import ConfigError
-from fragility.models.checkpoint import load_weights
+from fragility.models.checkpoint import identify, load_weights
 from fragility.models.compile import maybe_compile
 from fragility.models.imagenet_classes import imagenet_classes
 from fragility.models.wrapper import Classifier
@@ -59,4 +59,4 @@ def build(
     else:
         names = [str(i) for i in range(int(num_classes))]
     model = Classifier(net, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=(3, side, side), class_names=names, name=arch)
-    return maybe_compile(model, compile)
+    return maybe_compile(identify(model, checkpoint), compile)

@@ -47,6 +47,9 @@ class Classifier(nn.Module):
         self.input_size = tuple(int(s) for s in input_size)
         self.class_names = [str(c) for c in class_names]
         self.name = name
+        #: SHA-256 of the checkpoint file the weights came from ("" for weights not from a file);
+        #: set by :func:`fragility.models.checkpoint.identify` where checkpoints load
+        self.weights_sha256 = ""
         self.eval()
 
     @property

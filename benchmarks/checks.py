@@ -1,0 +1,188 @@
+"""Gradient-masking checks, run on every run of a gradient attack.
+
+A robustness number from a gradient attack is only an upper bound, and a loose one when the model
+hides its gradients (Athalye, Carlini, Wagner 2018; Carlini et al. 2019, "On Evaluating Adversarial
+Robustness", section 6 checklist; AutoAttack's own warnings). On a probe of the attacked images
+(the first ``probe_n``, so a batch size does not change the answer) the runner checks:
+
+- ``zero_grad``: the input gradient of the attack's loss is exactly zero for at least
+  ``zero_grad_share`` of the images (rounding, logits so large that the softmax underflows);
+- ``nonfinite_grad``: any input gradient holds a NaN or an infinity;
+- ``saturated``: the log-probability gap between the top two classes exceeds ``saturation_gap``
+  for at least ``saturation_share`` of the images (cross-entropy's gradient is then below
+  ``exp(-gap)``: a scaled or overconfident model). An honest digits CNN's gaps stay under 30;
+- ``random``: two forward passes of the same images give different logits;
+- ``unbounded``: the same attack with a budget covering the whole image box (Linf 1, L2
+  ``sqrt(C*H*W)``, no random start) succeeds on fewer than ``unbounded_success`` of the images;
+- ``blackbox``: Square (score-based, no gradients) at the same budget, ``square_queries`` queries,
+  breaks more than ``blackbox_margin`` of the probe (at least 2 images) that the gradient attack
+  left standing.
+
+The first four need only the model and the probe; the last two need an attack of the same threat
+model (:class:`~fragility.attacks.gradient.LpAttack`), built by the caller. :func:`run_checks`
+returns :class:`Flag` objects; :func:`format_flags` gives the store's ``flags`` column
+(``zero_grad 64/64; saturated 64/64``). What answers each flag is in
+:mod:`fragility.benchmarks.escalation`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+FLAG_NAMES = ("zero_grad", "nonfinite_grad", "saturated", "random", "unbounded", "blackbox")
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """Thresholds of the checks (the defaults keep an honest digits CNN and CIFAR ResNet clean)."""
+
+    probe_n: int = 64
+    zero_grad_share: float = 0.1
+    saturation_gap: float = 50.0
+    saturation_share: float = 0.5
+    unbounded_success: float = 0.9
+    square_queries: int = 300
+    blackbox_margin: float = 0.05
+    enabled: bool = True
+
+    @classmethod
+    def from_config(cls, node: Any) -> CheckSettings:
+        """From an optional ``checks:`` mapping of the run config (unknown keys are ignored)."""
+        if not node:
+            return cls()
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in dict(node).items() if k in names})
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One fired check: its name, how many probe images showed it, and out of how many."""
+
+    name: str
+    count: int
+    total: int
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.count}/{self.total}"
+
+
+def format_flags(flags: list[Flag]) -> str:
+    return "; ".join(str(f) for f in flags)
+
+
+def parse_flags(text: str) -> list[str]:
+    """The flag names of a stored ``flags`` string."""
+    return [part.split()[0] for part in (text or "").split(";") if part.strip()]
+
+
+def _loss_fn(name: str):
+    from fragility.attacks.losses import get_loss
+
+    return get_loss(name or "ce")
+
+
+def gradient_flags(
+    model, images, labels, targets=None, loss: str = "ce", settings: CheckSettings = CheckSettings()
+) -> list[Flag]:
+    """``zero_grad`` / ``nonfinite_grad`` from one forward and backward pass of the attack's loss."""
+    n = len(images)
+    x = images.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        values = _loss_fn(loss)(model(x), labels, targets)
+        (grad,) = torch.autograd.grad(values.sum(), x, allow_unused=True)
+    if grad is None:  # the output does not depend on the input at all
+        return [Flag("zero_grad", n, n)]
+    flat = grad.detach().flatten(1)
+    out = []
+    finite = torch.isfinite(flat).all(1)
+    if (~finite).any():
+        out.append(Flag("nonfinite_grad", int((~finite).sum()), n))
+    zero = finite & (flat.abs().amax(1) == 0)
+    if n and zero.float().mean() >= settings.zero_grad_share:
+        out.append(Flag("zero_grad", int(zero.sum()), n))
+    return out
+
+
+@torch.no_grad()
+def output_flags(model, images, settings: CheckSettings = CheckSettings()) -> list[Flag]:
+    """``saturated`` and ``random`` from two gradient-free forward passes."""
+    n = len(images)
+    a = model(images).float()
+    b = model(images).float()
+    out = []
+    logp = torch.log_softmax(a, 1)
+    top2 = logp.topk(2, dim=1).values
+    gap = top2[:, 0] - top2[:, 1]  # +inf when the runner-up underflows to probability 0
+    sat = gap > settings.saturation_gap
+    if n and sat.float().mean() >= settings.saturation_share:
+        out.append(Flag("saturated", int(sat.sum()), n))
+    differ = ~torch.isclose(a, b, rtol=1e-4, atol=1e-5).all(1)
+    if differ.any():
+        out.append(Flag("random", int(differ.sum()), n))
+    return out
+
+
+def budget_flags(
+    model,
+    images,
+    labels,
+    success: torch.Tensor,
+    make_attack: Callable[..., Any],
+    *,
+    targets=None,
+    keys=None,
+    norm: str,
+    settings: CheckSettings = CheckSettings(),
+) -> list[Flag]:
+    """``unbounded`` and ``blackbox``. ``make_attack(**overrides)`` builds the run's attack with
+    other options (``eps``, ``random_start``); ``success`` is the gradient attack's per-image
+    success on ``images``."""
+    from fragility.attacks.square import Square
+
+    n = len(images)
+    out = []
+    big = 1.0 if norm == "linf" else float(images[0].numel()) ** 0.5
+    wide = make_attack(eps=big, random_start=False)
+    res = wide(model, images, labels, targets=targets, keys=keys)
+    ok = int(res.success.sum())
+    if ok < settings.unbounded_success * n:
+        out.append(Flag("unbounded", n - ok, n))
+    same = make_attack()
+    square = Square(eps=same.eps, norm=norm, queries=settings.square_queries, target=None, seed=same.seed)
+    sq = square(model, images, labels, targets=targets, keys=keys)
+    beats = int((sq.success & ~success.bool().cpu()).sum())
+    if beats >= max(2, settings.blackbox_margin * n):
+        out.append(Flag("blackbox", beats, n))
+    return out
+
+
+def run_checks(
+    model,
+    images,
+    labels,
+    success,
+    *,
+    attack,
+    make_attack: Callable[..., Any] | None = None,
+    targets=None,
+    keys=None,
+    settings: CheckSettings = CheckSettings(),
+) -> list[Flag]:
+    """Every check that applies to ``attack`` (none unless it needs gradients), on the first
+    ``settings.probe_n`` images; flags in :data:`FLAG_NAMES` order."""
+    if not settings.enabled or not getattr(attack, "needs_gradients", False) or len(images) == 0:
+        return []
+    k = settings.probe_n
+    x, y = images[:k], labels[:k]
+    t = targets[:k] if targets is not None else None
+    kk = keys[:k] if keys is not None else None
+    flags = gradient_flags(model, x, y, t, getattr(attack, "loss", "ce"), settings)
+    flags += output_flags(model, x, settings)
+    if make_attack is not None and getattr(attack, "norm", None) in ("linf", "l2") and hasattr(attack, "eps"):
+        flags += budget_flags(model, x, y, success[:k], make_attack, targets=t, keys=kk, norm=attack.norm, settings=settings)
+    order = {name: i for i, name in enumerate(FLAG_NAMES)}
+    return sorted(flags, key=lambda f: order[f.name])
