@@ -187,6 +187,12 @@ class Attack(ABC):
         pred_conf, pred = probs.max(dim=1)
         true_conf = probs.gather(1, labels[:, None]).squeeze(1)
         success = self.is_success(probs, labels, targets)
+        # non-finite logits on an adversarial image say nothing: a failed attack, flagged, never a number
+        nonfinite = ~torch.isfinite(probs).all(dim=1)
+        if nonfinite.any():
+            success = success & ~nonfinite
+            pred_conf, true_conf = pred_conf.masked_fill(nonfinite, float("nan")), true_conf.masked_fill(nonfinite, float("nan"))
+        extras = {**extras, "nonfinite_logits": nonfinite}
         cpu = lambda t: t.detach().cpu()
         return AttackResult(
             adv=cpu(adv),

@@ -43,8 +43,16 @@ def loss_gradient(model, x: torch.Tensor, labels: torch.Tensor, targets: torch.T
         value = F.cross_entropy(logits, labels, reduction="sum")
     else:
         value = -F.cross_entropy(logits, targets, reduction="sum")
-    (grad,) = torch.autograd.grad(value, x)
-    return grad
+    return input_gradient(value, x)
+
+
+def input_gradient(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """d value / d x; zeros when the model's output does not depend on its input at all (a
+    constant model), instead of autograd's error: no gradient step can move it."""
+    if not value.requires_grad:
+        return torch.zeros_like(x)
+    (grad,) = torch.autograd.grad(value, x, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad
 
 
 def loss_and_gradient(
@@ -55,8 +63,7 @@ def loss_and_gradient(
     x = x.detach().requires_grad_(True)
     logits = model(x) if idx is None else model(x, idx=idx)
     values = loss_fn(logits, labels, targets)
-    (grad,) = torch.autograd.grad(values.sum(), x)
-    return values.detach(), grad, logits.detach()
+    return values.detach(), input_gradient(values.sum(), x), logits.detach()
 
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:

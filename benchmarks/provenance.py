@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,6 +13,8 @@ import torch
 import torchvision
 
 import fragility
+from fragility.budget import parse_number
+from fragility.errors import ConfigError
 
 # Top-level keys that change where or how results are shown, not what is measured.
 NON_SEMANTIC_KEYS = (
@@ -28,8 +31,28 @@ NON_SEMANTIC_KEYS = (
 )
 
 
+_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(\s*/\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)?\s*$")
+
+
+def canonical(value):
+    """Numbers in one spelling before hashing: ``"1/10"``, ``"0.1"`` and ``0.1`` are the same
+    budget, ``1.0`` and ``1`` the same number (strings that are not numbers stay as they are)."""
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, str) and _NUMBER.match(value):
+        try:
+            value = parse_number(value)
+        except ConfigError:
+            return value
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
 def config_hash(cfg: dict) -> str:
-    semantic = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
+    semantic = canonical({k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS})
     blob = json.dumps(semantic, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from fragility.attacks.base import AttackResult
 from fragility.benchmarks.checks import CheckSettings, Flag, format_flags, run_checks
-from fragility.benchmarks.config import safe_instantiate
+from fragility.benchmarks.config import check_config, safe_instantiate
 from fragility.benchmarks.escalation import EscalationSettings, attack_with, eot_model, plan
 from fragility.benchmarks.explain import explain_figures
 from fragility.benchmarks.figures import run_figures
@@ -51,6 +51,7 @@ from fragility.benchmarks.metrics import METRIC_FIELDS, compute_metrics, perturb
 from fragility.benchmarks.provenance import config_hash, now, versions
 from fragility.benchmarks.record import RunRecord
 from fragility.benchmarks.store import ResultStore
+from fragility.benchmarks.validate import validate_clean
 from fragility.benchmarks.wandb_logger import NullLogger
 from fragility.datasets import ImageSet, align_labels, source_label
 from fragility.defenses import adaptive_mode
@@ -89,11 +90,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+MAX_SEED = 2**31 - 1  # per-sample random keys are mix64(id + (seed << 32)): the seed must fit 31 bits
+
+
 def _check_top_level(cfg: DictConfig) -> tuple[int, int, int]:
-    try:
-        n, seed, bs = int(cfg.n_samples), int(cfg.seed), int(cfg.batch_size)
-    except (TypeError, ValueError):
-        raise ConfigError("n_samples, seed and batch_size must be integers") from None
+    """Counts are integers, exactly: ``n_samples=300.9`` or ``batch_size=1.5`` is an error, never
+    a truncation."""
+    values = {}
+    for key in ("n_samples", "seed", "batch_size"):
+        v = cfg.get(key)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{key} must be an integer, got {v!r}")
+        values[key] = v
+    n, seed, bs = values["n_samples"], values["seed"], values["batch_size"]
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
     if n <= 0:
         raise ConfigError(f"n_samples must be positive, got {n}")
     if bs <= 0:
@@ -134,7 +145,7 @@ def run(cfg: DictConfig) -> RunRecord:
     twice, ``standard`` (gradients as the defense exposes them) and ``adaptive`` (BPDA / EOT),
     each written as its own record; the one returned is the worst case of the two."""
     n_samples, seed, batch_size = _check_top_level(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    resolved = check_config(cfg)  # the instantiate gate, on every _target_, before any work
     allowed = list(cfg.get("allowed_targets") or [])
     defense = build_defense(cfg, allowed)
     variants = ["standard"] + (["adaptive"] if defense is not None and defense.needs_adaptive else [])
@@ -185,6 +196,7 @@ class Trial:
     batch_size: int
     progress: bool
     allowed: list[str]
+    output_flags: list[str] = field(default_factory=list)  # from the clean pass (benchmarks/validate.py)
 
     @classmethod
     def build(cls, cfg, resolved, defense, store, *, n_samples: int, seed: int, batch_size: int) -> Trial:
@@ -199,6 +211,9 @@ class Trial:
         progress = bool(cfg.get("progress", True))
         with adaptive_mode(model, False):
             clean_pred, clean_conf = predict(model, data, batch_size, device)
+            output_flags = validate_clean(model, data, clean_conf, device)
+            if output_flags:
+                print(f"[fragility] {model.name}: flags: {'; '.join(output_flags)} (its output does not depend on the input)")
             certified = _certify(model, data, batch_size, device, progress) if defense is not None else {}
         return cls(
             cfg,
@@ -217,6 +232,7 @@ class Trial:
             batch_size,
             progress,
             allowed,
+            output_flags,
         )
 
     @property

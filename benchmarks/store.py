@@ -21,6 +21,7 @@ team's PostgreSQL) without duplicating a row.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from fragility.benchmarks.record import SAMPLE_COLUMNS, RunRecord
@@ -49,17 +50,22 @@ def is_url(target: str | Path) -> bool:
 class ResultStore:
     """``target``: a results directory (SQLite file inside it) or a SQLAlchemy database URL."""
 
-    def __init__(self, target: str | Path) -> None:
+    def __init__(self, target: str | Path, read_only: bool = False) -> None:
+        """``read_only``: open an existing SQLite store for reading (leaderboards) even when its
+        file or folder cannot be written; without it such a store is refused in one line."""
+        self.read_only = False
         if is_url(target):
             self.url = _parse_url(str(target))
             sqlite_file = self.url.get_backend_name() == "sqlite" and self.url.database not in (None, "", ":memory:")
             self.path: Path | str = Path(self.url.database) if sqlite_file else self.url.render_as_string(hide_password=True)
         else:
             self.dir = Path(target)
-            self.dir.mkdir(parents=True, exist_ok=True)
             self.path = self.dir / DB_NAME
+            self.read_only = _check_sqlite_path(self.dir, self.path, read_only)
             self.url = URL.create("sqlite", database=str(self.path))
-        self.engine = _engine(self.url)
+            if self.read_only:  # never writes, not even WAL's side files
+                self.url = URL.create("sqlite", database=f"file:{self.path}?mode=ro&immutable=1", query={"uri": "true"})
+        self.engine = _engine(self.url, self.read_only)
         self._writer = self.engine.execution_options(fragility_write=True)
         self.runs, self.samples_table = _tables(self.engine.dialect.name)
         self._init()
@@ -99,9 +105,15 @@ class ResultStore:
         """Create the tables, or add the columns a newer RunRecord has; a store that is already
         current is only read (no write lock taken)."""
         with _reachable(self), self.engine.connect() as con:
+            if self.is_sqlite:
+                _integrity(con, self.path, "quick_check")
             missing = self._missing_columns(con)
         if missing is not None and not any(missing.values()):
             return
+        if self.read_only:
+            if missing is None:
+                raise ConfigError(f"results store {self.path} holds no fragility results")
+            return  # an older store, read as it is
         with self._write() as con:
             if con.dialect.name == "postgresql":  # concurrent CREATE TABLE IF NOT EXISTS races on PostgreSQL
                 con.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('fragility.store.schema'))"))
@@ -110,6 +122,14 @@ class ResultStore:
             for table, cols in (self._missing_columns(con) or {}).items():
                 for c in cols:
                     con.execute(sa.text(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(c.name)} {c.type.compile(con.dialect)}"))
+
+    def check(self) -> str:
+        """A full integrity check (SQLite ``PRAGMA integrity_check``; a server checks its own):
+        ``"ok"``, or a ConfigError naming the first problem."""
+        if not self.is_sqlite:
+            return "ok"
+        with _reachable(self), self.engine.connect() as con:
+            return _integrity(con, self.path, "integrity_check")
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -237,7 +257,48 @@ def _parse_url(text: str) -> URL:
     return url
 
 
-def _engine(url: URL) -> sa.Engine:
+def _check_sqlite_path(folder: Path, path: Path, read_only: bool) -> bool:
+    """Folder and file faults as one line; returns whether the store must be opened read-only."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"results_dir {folder} is not a folder")
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise ConfigError(f"results store {path} is not a file; move it aside")
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise ConfigError(f"results store {path} cannot be read: {e.strerror or e}") from None
+        if head and head != b"SQLite format 3\x00":
+            raise ConfigError(f"results store {path} is corrupt (not an SQLite database); move it aside")
+        writable = os.access(path, os.W_OK) and os.access(folder, os.W_OK | os.X_OK)
+    else:
+        if read_only:
+            raise ConfigError(f"no results store in {folder} (expected {DB_NAME}); run fragility first")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create results_dir {folder}: {e.strerror or e}") from None
+        writable = os.access(folder, os.W_OK | os.X_OK)
+    if writable:
+        return False
+    if read_only:
+        return True
+    raise ConfigError(f"results store {path} is read-only (its file or folder cannot be written); use another results_dir")
+
+
+def _integrity(con: Connection, path: Any, pragma: str) -> str:
+    try:
+        rows = [str(r[0]) for r in con.exec_driver_sql(f"PRAGMA {pragma}").all()]
+    except DatabaseError as e:
+        first = str(e.orig or e).strip().splitlines()[0]
+        raise ConfigError(f"results store {path} is corrupt ({first}); move it aside") from None
+    if rows != ["ok"]:
+        raise ConfigError(f"results store {path} is corrupt ({pragma}: {rows[0] if rows else 'no answer'}); move it aside")
+    return "ok"
+
+
+def _engine(url: URL, read_only: bool = False) -> sa.Engine:
     # NullPool: a store is opened per run and per process; pooled connections would outlive it.
     try:
         if url.get_backend_name() != "sqlite":
@@ -252,7 +313,7 @@ def _engine(url: URL) -> sa.Engine:
     def _on_connect(dbapi_con, _record):
         dbapi_con.isolation_level = None  # SQLAlchemy emits BEGIN itself (below), pysqlite does not
         dbapi_con.execute("PRAGMA busy_timeout = 60000")
-        if url.database not in (None, "", ":memory:"):
+        if url.database not in (None, "", ":memory:") and not read_only:
             dbapi_con.execute("PRAGMA journal_mode = WAL")
 
     @sa.event.listens_for(engine, "begin")
@@ -276,8 +337,11 @@ def _reachable(store: ResultStore) -> Iterator[None]:
     their own errors)."""
     try:
         yield
-    except OperationalError as e:
-        if store.is_sqlite:
+    except DatabaseError as e:
+        if store.is_sqlite:  # a corrupt, vanished or unwritable file, one line
+            first = str(e.orig or e).strip().splitlines()[0] if str(e.orig or e).strip() else type(e).__name__
+            raise ConfigError(f"results store {store.path}: {first}") from None
+        if not isinstance(e, OperationalError):
             raise
         first = str(e.orig or e).strip().splitlines()[0] if str(e.orig or e).strip() else type(e).__name__
         raise ConfigError(f"results_db: cannot use {store.path}: {first}") from None

@@ -1,10 +1,13 @@
 """Weights & Biases output (offline by default). W&B is an output, never the source of truth:
-every failure here becomes a warning and the local results stay as written."""
+every failure here becomes a one-line warning on stderr and the local results stay as written.
+``init_timeout`` (seconds, default 5) bounds how long a run waits for W&B to start, so a machine
+without network loses seconds, not W&B's default 90."""
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,10 @@ class WandbLogger(NullLogger):
         mode: str = "offline",
         dir: str | None = None,
         tags: list[str] | None = None,
+        init_timeout: float = 5.0,
     ) -> None:
         self.project, self.entity, self.mode, self.dir, self.tags = project, entity, mode, dir, list(tags or [])
+        self.init_timeout = float(init_timeout)
         self.run = None
 
     def _guard(self, what: str, fn, *a, **kw):
@@ -36,11 +41,11 @@ class WandbLogger(NullLogger):
         try:
             return fn(*a, **kw)
         except Exception as e:
-            log.warning(
-                "W&B %s failed (%s: %s); local results are unaffected",
-                what,
-                type(e).__name__,
-                str(e).splitlines()[0] if str(e) else "",
+            # stderr, not logging: Hydra's console handler writes log records to stdout
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            print(
+                f"fragility: warning: W&B {what} failed ({type(e).__name__}: {first}); local results are unaffected",
+                file=sys.stderr,
             )
             return None
 
@@ -60,6 +65,7 @@ class WandbLogger(NullLogger):
                 config=config,
                 tags=self.tags,
                 reinit="finish_previous",
+                settings=wandb.Settings(init_timeout=self.init_timeout),
             )
 
         self._guard("init", _start)

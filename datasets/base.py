@@ -50,18 +50,52 @@ def seeded_subset(total: int, n_samples: int | None, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(total)[:n_samples]
 
 
+def check_labels(y, n_images: int, where: str) -> np.ndarray:
+    """Labels as int64: a non-empty 1-D integer array with one label per image, else a one-line
+    DataError naming ``where`` (float labels are never truncated, NaN never cast)."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "iu":
+        raise DataError(f"{where}: labels must be integers, got dtype {y.dtype}")
+    if y.ndim != 1:
+        raise DataError(f"{where}: labels must be 1-D (one per image), got shape {y.shape}")
+    if len(y) != n_images:
+        raise DataError(f"{where}: {len(y)} labels for {n_images} images")
+    if len(y) == 0:
+        raise DataError(f"{where}: no images")
+    if y.min() < 0:
+        raise DataError(f"{where}: labels must be >= 0, got {int(y.min())}")
+    return y.astype(np.int64, copy=False)
+
+
+def check_images(x, where: str) -> np.ndarray:
+    """Images as uint8 (0..255) or float in [0, 1], finite; anything else is a one-line DataError."""
+    x = np.asarray(x)
+    if x.dtype != np.uint8 and x.dtype.kind != "f":
+        raise DataError(f"{where}: images must be uint8 or float in [0, 1], got dtype {x.dtype}")
+    if x.size == 0:
+        raise DataError(f"{where}: no images")
+    if x.dtype.kind == "f":
+        if not np.isfinite(x).all():
+            raise DataError(f"{where}: images contain NaN or Inf pixels ({int((~np.isfinite(x)).sum())} of {x.size})")
+        if x.min() < 0 or x.max() > 1:
+            raise DataError(f"{where}: float images must lie in [0, 1], got [{float(x.min()):.4g}, {float(x.max()):.4g}]")
+    return x
+
+
 def from_arrays(x: np.ndarray, y: np.ndarray, idx: np.ndarray, class_names, name: str, channels_last: bool) -> ImageSet:
+    """An ImageSet of the images ``idx`` of ``x`` (checked: dtype, finiteness, range; labels
+    1-D integers inside ``class_names``)."""
+    x = check_images(x, name)
+    y = check_labels(y, len(x), name)
+    if y.max() >= len(class_names):
+        raise DataError(f"{name}: label {int(y.max())} is outside the {len(class_names)} classes")
     xs = x[idx]
     if channels_last:
         xs = np.ascontiguousarray(xs.transpose(0, 3, 1, 2))
     xt = torch.from_numpy(np.ascontiguousarray(xs))
     if xt.dtype != torch.uint8:
         xt = xt.float()
-        if xt.numel() and (xt.min() < 0 or xt.max() > 1):
-            raise DataError(f"{name}: float images must lie in [0, 1]")
-    return ImageSet(
-        xt, torch.from_numpy(np.asarray(y)[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)), list(class_names), name
-    )
+    return ImageSet(xt, torch.from_numpy(y[idx]), torch.from_numpy(idx.astype(np.int64)), list(class_names), name)
 
 
 def align_labels(data: ImageSet, class_names: list[str]) -> ImageSet:

@@ -11,6 +11,7 @@ from functools import lru_cache
 import numpy as np
 
 from fragility.datasets.base import ImageSet, from_arrays, seeded_subset
+from fragility.errors import DataError
 
 DIGITS_CLASSES = [str(i) for i in range(10)]
 _SPLIT_SEED = 1234
@@ -44,6 +45,8 @@ class Digits:
     """scikit-learn's bundled 8x8 digits (no download): the embedded default."""
 
     def __init__(self, split: str = "test") -> None:
+        if split not in ("train", "test", "all"):
+            raise DataError(f"unknown digits split {split!r} (train, test, all)")
         self.split = split
 
     def train_split(self, path: str | None = None) -> Digits:

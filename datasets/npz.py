@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fragility.datasets.base import ImageSet, from_arrays, seeded_subset
+from fragility.datasets.base import ImageSet, check_images, check_labels, from_arrays, seeded_subset
 from fragility.errors import DataError
 
 
@@ -52,9 +52,15 @@ class Npz:
                 x, y = f[self.x_key], f[self.y_key]
         except (OSError, ValueError) as e:
             raise DataError(f"cannot read {self.path}: {str(e).splitlines()[0][:200]}") from None
+        if self.layout not in ("nhwc", "nchw"):
+            raise DataError(f"dataset.layout must be nhwc or nchw, got {self.layout!r}")
+        x = check_images(x, str(self.path))
         if x.ndim == 3:  # greyscale without a channel axis
             x = x[..., None] if self.layout == "nhwc" else x[:, None]
-        if x.ndim != 4 or len(x) != len(y):
-            raise DataError(f"{self.path}: x must be (N, H, W, C) with one label per image, got x {x.shape}, y {y.shape}")
+        if x.ndim != 4:
+            raise DataError(f"{self.path}: x must be (N, H, W, C) images, got shape {x.shape}")
+        y = check_labels(y, len(x), str(self.path))
         names = self.class_names or [str(i) for i in range(int(np.max(y)) + 1)]
+        if int(np.max(y)) >= len(names):
+            raise DataError(f"{self.path}: label {int(np.max(y))} is outside the {len(names)} classes in dataset.class_names")
         return from_arrays(x, y, seeded_subset(len(y), n_samples, seed), names, self.name, self.layout == "nhwc")

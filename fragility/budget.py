@@ -35,10 +35,11 @@ def parse_budget(value: float | int | str, name: str = "eps") -> float:
 
 
 def format_number(x: float) -> str:
-    """Render 0.0313725... as ``8/255`` when it is a k/255 fraction, else compactly."""
+    """Render 0.0313725... as ``8/255`` when it is a k/255 fraction below 1 (an 8-bit pixel
+    budget), else compactly (``1``, ``0.5``, ``1e+09``)."""
     if x == 0:
         return "0"
     k = x * 255
-    if abs(k - round(k)) < 1e-6 and round(k) != 0:
+    if 0 < round(k) < 255 and abs(k - round(k)) < 1e-6:
         return f"{round(k)}/255"
     return f"{x:g}"

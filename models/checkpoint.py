@@ -33,11 +33,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             obj = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
+        weights_only_refusal = "weights only" in str(e).lower() or "weights_only" in str(e).lower()
+        if weights_only_refusal and (zipfile.is_zipfile(p) or _pickle_makes_objects(p)):
             raise CheckpointError(
                 f"refusing to load {p}: it holds Python objects that would run code when unpickled "
                 f"(only plain tensors and containers are allowed)"
             ) from None
+        if weights_only_refusal:  # torch's message would suggest weights_only=False; this file is simply not readable
+            raise CheckpointError(f"corrupt checkpoint {p}: neither a PyTorch archive nor a readable pickle") from None
         raise CheckpointError(f"corrupt checkpoint {p}: {first}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -45,6 +48,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{p} does not hold a state dict (got {type(obj).__name__})")
     return obj
+
+
+def _pickle_makes_objects(path: Path, limit: int = 1_000_000) -> bool:
+    """Whether ``path`` is a well-formed pickle that imports or builds Python objects (what the
+    weights-only loader refuses); random bytes are not, and are reported as a corrupt file."""
+    import pickletools
+
+    code_ops = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+    seen = False
+    try:
+        with open(path, "rb") as f:
+            for i, (op, _, _) in enumerate(pickletools.genops(f)):
+                seen = seen or op.name in code_ops
+                if i > limit:
+                    break
+    except Exception:  # not a pickle at all
+        return False
+    return seen
 
 
 def extract_state_dict(obj: Mapping, path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:

@@ -76,5 +76,7 @@ def test_foreign_targets_refused():
     nested = OmegaConf.create({"_target_": "fragility.datasets.Digits", "split": {"_target_": "subprocess.run"}})
     with pytest.raises(ConfigError):
         safe_instantiate(nested)
-    ok = safe_instantiate(OmegaConf.create({"_target_": "collections.OrderedDict"}), allowed=["collections"])
+    ok = safe_instantiate(OmegaConf.create({"_target_": "collections.OrderedDict"}), allowed=["collections.OrderedDict"])
     assert ok == {}
+    with pytest.raises(ConfigError):  # allowed_targets are exact names, not prefixes
+        safe_instantiate(OmegaConf.create({"_target_": "collections.OrderedDict"}), allowed=["collections"])

@@ -1,0 +1,57 @@
+"""What the model says on the clean pass, checked before any attack runs.
+
+A model whose logits are NaN or infinite, or that has fewer (or more) outputs than the classes it
+declares, would give plausible but meaningless rows ("clean 4.0%, success 0.0%"): those stop the
+run with one line (:class:`~fragility.errors.InputError`). A model whose output does not depend on
+its input is scored, but flagged (``constant_output``): no attack can move it, so its robustness
+number says nothing about the attacks. Samples whose logits turn non-finite under attack are
+counted as failed attacks with a per-sample flag by :class:`~fragility.attacks.base.Attack`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fragility.errors import InputError
+
+PROBE_N = 64  # images of the first batch whose raw logits are inspected (shape, finiteness, constancy)
+
+
+@torch.inference_mode()
+def validate_clean(model, data, clean_conf: torch.Tensor, device: torch.device) -> list[str]:
+    """Check the clean pass of ``model`` on ``data``; returns flags (``"constant_output 64/64"``).
+
+    ``clean_conf`` (softmax confidence of every image, from the clean predict) must be finite:
+    NaN or +Inf anywhere in a row of logits makes it NaN. The raw logits of the first
+    :data:`PROBE_N` images are checked for shape and finiteness (-Inf as well), and for
+    depending on the input."""
+    name = getattr(model, "name", type(model).__name__)
+    bad = (~torch.isfinite(clean_conf)).nonzero().flatten()
+    if len(bad):
+        raise InputError(
+            f"model {name} gives non-finite logits (NaN or Inf) for {len(bad)} of {len(clean_conf)} clean images "
+            f"(first: sample {int(data.ids[bad[0]])}); check the checkpoint and the input range"
+        )
+    n = min(PROBE_N, len(data))
+    if n == 0:
+        return []
+    x = data.images(slice(0, n)).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(x)
+    finally:
+        model.train(was_training)
+    expected = len(getattr(model, "class_names", None) or data.class_names)
+    if not torch.is_tensor(logits) or logits.dim() != 2 or logits.shape[0] != n:
+        shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
+        raise InputError(f"model {name} must return logits of shape (N, {expected}), got {shape} for {n} images")
+    if logits.shape[1] != expected:
+        raise InputError(f"model {name} returns {logits.shape[1]} logits per image but has {expected} classes")
+    if not torch.isfinite(logits).all():
+        raise InputError(f"model {name} gives non-finite logits (NaN or Inf) on clean images")
+    flags = []
+    varied = not torch.equal(x, x[:1].expand_as(x))
+    if n > 1 and varied and torch.equal(logits, logits[:1].expand_as(logits)):
+        flags.append(f"constant_output {n}/{n}")
+    return flags
