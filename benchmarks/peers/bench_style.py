@@ -37,7 +37,7 @@ from fragility.attacks.shape_bias import read_meta
 from fragility.benchmarks.store import ResultStore
 from fragility.benchmarks.style import curve_figure
 
-PARTS = ("digits", "cifar", "digits_adv", "cifar_curve", "digits_curve")
+PARTS = ("digits", "cifar", "digits_adv", "cifar_curve", "digits_curve", "timing")
 CIFAR_MEAN = "[0.485,0.456,0.406]"
 CIFAR_STD = "[0.229,0.224,0.225]"
 
@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--cifar-style-weight", type=float, default=10.0)
     ap.add_argument("--cifar-curve-n", type=int, default=50)
     ap.add_argument("--adv-resnet20", default=None)
+    ap.add_argument("--curve-models", default="r20,r32,adv", help="CIFAR-10 models whose stylization curve is run")
     ap.add_argument("--parts", default=None, help=f"comma-separated subset of {','.join(PARTS)} (default: all, in that order)")
     ap.add_argument("--fresh", action="store_true", help="rebuild the cue-conflict sets")
     args = ap.parse_args()
@@ -89,7 +90,7 @@ def main() -> None:
     style = [sys.executable, "-c", "from fragility.benchmarks.style import main; main()"]
     common = [f"results_dir={out}", f"threads={args.threads}", "progress=false", "device=cpu"]
 
-    parts = set(args.parts.split(",")) if args.parts else set(PARTS)
+    parts = set(args.parts.split(",")) - {"summary"} if args.parts else set(PARTS)  # summary: tables only
     if parts - set(PARTS):
         raise SystemExit(f"bench_style: unknown parts {sorted(parts - set(PARTS))} (valid: {', '.join(PARTS)})")
 
@@ -110,7 +111,8 @@ def main() -> None:
         sh([*style, *digits], log)
     # ---- CIFAR-10: resnet20, resnet32, adversarially trained resnet20 ----------------------------
     cset = out / "style" / "cue_conflict-cifar10.npz"
-    if parts & {"cifar", "cifar_curve"}:
+    cifar_timing: list[str] | None = None
+    if parts & {"cifar", "cifar_curve", "timing"}:
         shared = shared_dir(args.shared)
         models = shared / "models" / "cifar10"
         r20, r32 = sorted(models.glob("resnet20-*.th"))[0], sorted(models.glob("resnet32-*.th"))[0]
@@ -149,13 +151,31 @@ def main() -> None:
             print(f"adversarially trained resnet20: {adv}", flush=True)
         else:
             print("no adversarially trained resnet20 found (results/train/*resnet20*/model.pt)", flush=True)
+        cifar_timing = [c for c in cifar if not c.startswith(("n_samples=", "cue_conflict="))]
+        cifar_timing += ["n_samples=20", f"cue_conflict={out / 'style' / 'timing-cifar10.npz'}"]
         if "cifar" in parts:
             for m in cifar_models:
                 sh([*style, *cifar, *m], log)
         if "cifar_curve" in parts:
             curve = [c for c in cifar if not c.startswith(("n_samples=", "cue_conflict="))]
-            for m in cifar_models:
+            for m in [m for i, m in enumerate(cifar_models) if ("r20", "r32", "adv")[i] in args.curve_models.split(",")]:
                 sh([*style, *curve, *m, "mode=curve", f"curve_n={args.cifar_curve_n}", "strengths=[0,0.5,1]"], log)
+
+    if "timing" in parts:  # small sets with the same settings, to time the transfer (CPU seconds are in their meta)
+        tset = out / "style" / "timing-digits.npz"
+        sh(
+            [
+                *style,
+                *[d for d in digits if not d.startswith(("n_samples=", "cue_conflict="))],
+                "n_samples=50",
+                f"cue_conflict={tset}",
+                "mode=build",
+                "rebuild=true",
+            ],
+            log,
+        )
+        if cifar_timing:
+            sh([*style, *cifar_timing, "mode=build", "rebuild=true"], log)
 
     if "digits_adv" in parts:
         train = [sys.executable, "-c", "from fragility.benchmarks.train import main; main()", f"out_dir={adv_digits.parent}"]
