@@ -174,6 +174,9 @@ class ShapeBias(Attack):
     norm = None
     needs_gradients = False
     trains = True  # the runner calls prepare() with every evaluated image (held_out)
+    #: extra_metrics does not need a result: a model that never decides by shape attacks nothing,
+    #: and its shape bias (0) must still reach the record (the runner has to honour this flag)
+    metrics_without_result = True
 
     def __init__(self, *, cue_conflict: str | None = None, texture_key: str = "y_texture", seed: int = 0) -> None:
         super().__init__(target=None, seed=seed)
@@ -205,5 +208,5 @@ class ShapeBias(Attack):
     def _run(self, model, images, labels, targets, rng):
         return images.clone()
 
-    def extra_metrics(self, result) -> dict[str, Any]:
+    def extra_metrics(self, result=None) -> dict[str, Any]:
         return dict(self._stats)
