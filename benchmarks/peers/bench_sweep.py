@@ -208,8 +208,9 @@ def start_postgres(workdir: Path) -> tuple[str, callable]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("results/bench_sweep"))
-    ap.add_argument("--n", type=int, default=300, help="test images per run")
-    ap.add_argument("--steps", type=int, default=40, help="PGD steps")
+    ap.add_argument("--n", type=int, default=500, help="test images per run")
+    ap.add_argument("--steps", type=int, default=30, help="PGD steps in the timed sweeps")
+    ap.add_argument("--light-steps", type=int, default=10, help="PGD steps in the PostgreSQL and Ray-kill sweeps")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--parts", default="timing,postgres,raykill")
     ap.add_argument("--launchers", default="serial,joblib,ray")
@@ -219,7 +220,7 @@ def main() -> None:
     parts = args.parts.split(",")
     # train the digits CNN into the cache once, outside every timing
     fragility([f"results_dir={args.out / 'warmup'}", "n_samples=8", "logger=none", "progress=false"], args.out / "warmup.log")
-    report: dict = {"n": args.n, "steps": args.steps, "cpus": len(os.sched_getaffinity(0))}
+    report: dict = {"n": args.n, "steps": args.steps, "light_steps": args.light_steps, "cpus": len(os.sched_getaffinity(0))}
     if "timing" in parts:
         report["timing"] = timing(args.out, args.n, args.steps, args.repeats, args.launchers.split(","))
     if "postgres" in parts:
@@ -229,11 +230,11 @@ def main() -> None:
                 c.exec_driver_sql("DROP DATABASE IF EXISTS bench_sweep WITH (FORCE)")
                 c.exec_driver_sql("CREATE DATABASE bench_sweep")
             db = sa.make_url(url).set(database="bench_sweep").render_as_string(hide_password=False)
-            report["postgres"] = compare_pg_sqlite(args.out, args.n, args.steps, db)
+            report["postgres"] = compare_pg_sqlite(args.out, args.n, args.light_steps, db)
         finally:
             stop()
     if "raykill" in parts:
-        report["raykill"] = ray_kill(args.out, args.n, args.steps)
+        report["raykill"] = ray_kill(args.out, args.n, args.light_steps)
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     print(f"report: {args.out / 'report.json'}")
 
