@@ -82,6 +82,17 @@ def compiled_throughput(args) -> tuple[torch.nn.Module, dict]:
     return model, info
 
 
+def raw_interleaved(eager: torch.nn.Module, compiled: torch.nn.Module, rounds: int, seconds: float = 2.0) -> dict[str, float]:
+    """Eager and compiled img/s measured in alternation (``rounds`` each, median), so a busy
+    machine's changing load affects both alike."""
+    got: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for b in BATCHES:
+            got.setdefault(f"eager fp32@{b}", []).append(throughput(eager, b, False, seconds))
+            got.setdefault(f"compiled fp32@{b}", []).append(throughput(compiled, b, False, seconds))
+    return {k: float(np.median(v)) for k, v in got.items()}
+
+
 def curve(r: dict, grid: np.ndarray) -> np.ndarray:
     """Fraction of images fooled within each query count of ``grid``."""
     q = np.array(r["queries"])
@@ -89,31 +100,48 @@ def curve(r: dict, grid: np.ndarray) -> np.ndarray:
     return np.array([(ok & (q <= g)).mean() for g in grid])
 
 
-def plot(curves: dict[str, dict], marks: dict[str, dict], path: str, title: str) -> None:
+def plot(curves: dict[str, dict], path: str, title: str) -> None:
+    """Success within q queries for every method (the DE methods too: their per-image queries are known)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     qmax = max(max(r["queries"]) for r in curves.values())
-    grid = np.unique(np.round(np.logspace(0, np.log10(max(qmax, 2)), 200)).astype(int))
-    fig, ax = plt.subplots(figsize=(7, 4.4))
+    grid = np.unique(np.round(np.logspace(0, np.log10(max(qmax, 2)), 300)).astype(int))
+    fig, ax = plt.subplots(figsize=(9.5, 4.4))
     for name, r in curves.items():
-        ax.step(grid, 100 * curve(r, grid), where="post", label=name, lw=1.6, ls="--" if "exhaustive" in name else "-")
-    for name, r in marks.items():
-        s = summarize(name, r)
-        ax.plot([s["queries"]], [100 * s["rate"]], "o", ms=7, label=f"{name} (success vs mean queries)")
+        style = "--" if "exhaustive" in name else ":" if ("DE" in name or "torchattacks" in name) else "-"
+        ax.step(grid, 100 * curve(r, grid), where="post", label=name, lw=1.8, ls=style)
     ax.set_xscale("log")
     ax.set_xlabel("queries per image (log)")
     ax.set_ylabel("images fooled within that many queries (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 102)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def figure(results: dict[str, dict], args, n: int) -> None:
+    curves = {}
+    for name, r in results.items():
+        if name.startswith("first") or "compiled" in name:
+            continue
+        if name.startswith("curve"):
+            name = f"{name[6:]}, {args['curve_queries']} queries"
+        elif name.startswith("sparse_rs k=1"):
+            name = f"sparse_rs k=1, {args['queries']} queries"
+        elif name == "exhaustive check":
+            name = "exhaustive check (k=1, corner colours)"
+        else:
+            name += ", Su's budget"
+        curves[name] = r
+    plot(curves, args["figure"], f"resnet20, {n} correctly classified CIFAR-10 test images: success vs queries")
+    print(f"figure: {args['figure']}")
 
 
 def row(name: str, r: dict, peer: dict | None, bound: dict | None) -> str:
@@ -183,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--curve-queries", type=int, default=10000)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile part")
     ap.add_argument(
+        "--raw-only", type=int, default=0, help="only compare raw eager vs compiled throughput, alternating this many rounds"
+    )
+    ap.add_argument("--skip", default="", help="comma list of parts to leave out: exhaustive, de, curves")
+    ap.add_argument(
         "--compiled-de-n", type=int, default=0, help="also run fragility's DE on the compiled model on this many images"
     )
     ap.add_argument("--batch", type=int, default=100, help="images per attack call")
@@ -191,7 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shared", default=None)
     ap.add_argument("--figure", default=None, help="save the success-vs-queries picture here")
     ap.add_argument("--out", default=None, help="write per-image results as JSON here")
+    ap.add_argument("--replot", default=None, help="only redraw the figure from this --out JSON")
     args = ap.parse_args(argv)
+    if args.replot:  # redraw the figure of an earlier run from its --out JSON
+        saved = json.loads(Path(args.replot).read_text())
+        figure(saved["results"], saved["args"] | ({"figure": args.figure} if args.figure else {}), len(saved["ids"]))
+        return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -205,6 +242,15 @@ def main(argv: list[str] | None = None) -> int:
         f"threads={args.threads}, torch {torch.__version__}\n# {cmd}",
         flush=True,
     )
+    if args.raw_only:
+        cmodel, info = compiled_throughput(args)
+        info.pop("raw")
+        raw = raw_interleaved(model, cmodel, args.raw_only)
+        print(f"compile: {info}")
+        for b in BATCHES:
+            e, c = raw[f"eager fp32@{b}"], raw[f"compiled fp32@{b}"]
+            print(f"batch {b}: eager {e:,.0f} img/s, compiled {c:,.0f} img/s, {c / e:.2f}x")
+        return 0
     raw = {f"eager fp32@{b}": throughput(model, b, False) for b in BATCHES}
     print("raw: " + ", ".join(f"{k} {v:,.0f} img/s" for k, v in raw.items()), flush=True)
     results: dict[str, dict] = {}
@@ -222,13 +268,16 @@ def main(argv: list[str] | None = None) -> int:
     k1 = SparseRS(mode="pixels", k=1, queries=args.queries, max_batch=args.max_batch, seed=args.seed)
     exhaustive = SparseRS(mode="pixels", k=1, exhaustive=True, max_batch=args.max_batch, seed=args.seed)
     done(f"sparse_rs k=1 ({k1.describe()})", run_sparse(model, x, y, k1, args.batch, 1))
-    done("exhaustive check", run_sparse(model, x, y, exhaustive, args.batch, 1))
+    skip = set(args.skip.split(","))
+    if "exhaustive" not in skip:
+        done("exhaustive check", run_sparse(model, x, y, exhaustive, args.batch, 1))
 
     de = argparse.Namespace(
         pixels=1, popsize=args.popsize, maxiter=args.maxiter, max_batch=args.max_batch, strategy="rand1", mutation=0.5,
         loss="prob", seed=args.seed, batch=args.batch, figure=None, peers=args.peers,
     )  # fmt: skip
-    done(f"fragility onepixel DE ({args.de_precision})", run_fragility(model, x, y, de, args.de_precision))
+    if "de" not in skip:
+        done(f"fragility onepixel DE ({args.de_precision})", run_fragility(model, x, y, de, args.de_precision))
 
     peers = make_peers(model, de)
     if "torchattacks" in peers:
@@ -256,10 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         extra = info["compile_s"] + info["recompile_s"]  # stated once, charged to every compiled row
         for name, attack in (("sparse_rs k=1 (compiled)", k1), ("exhaustive check (compiled)", exhaustive)):
+            if name.startswith("exhaustive") and "exhaustive" in skip:
+                continue
             r = run_sparse(cmodel, x, y, attack, args.batch, 1)
             r["seconds"] += extra
             done(name, r)
-        if args.compiled_de_n:
+        if args.compiled_de_n and "de" not in skip:
             m = args.compiled_de_n
             done(
                 f"first {m}: fragility onepixel DE ({args.de_precision})",
@@ -274,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
             done(f"first {m}: fragility onepixel DE ({args.de_precision}, compiled)", r)
         curve_model = cmodel if info["compiled"] else model
 
+    if "curves" in skip:
+        args.curve_k = args.curve_patch = ""
     for k in [int(v) for v in args.curve_k.split(",") if v]:
         a = SparseRS(mode="pixels", k=k, queries=args.curve_queries, max_batch=args.max_batch, seed=args.seed)
         done(f"curve sparse_rs k={k}", run_sparse(curve_model, x, y, a, args.batch, k))
@@ -285,14 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(results, raw, info, args))
     print(f"\ncommand: {cmd}")
     if args.figure:
-        curves = {
-            f"sparse_rs k=1, {args.queries} queries": results[f"sparse_rs k=1 ({k1.describe()})"],
-            "exhaustive check (k=1, corners)": results["exhaustive check"],
-        }
-        curves.update({n[6:] + f", {args.curve_queries} queries": r for n, r in results.items() if n.startswith("curve")})
-        marks = {n: r for n, r in results.items() if ("DE" in n and not n.startswith("first")) or n.startswith("torchattacks")}
-        plot(curves, marks, args.figure, f"resnet20, {len(x)} correctly classified CIFAR-10 test images: success vs queries")
-        print(f"figure: {args.figure}")
+        figure(results, vars(args), len(x))
     return 0
 
 
