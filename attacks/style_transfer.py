@@ -83,10 +83,20 @@ class FeatureExtractor:
     ``model`` is a :class:`~fragility.models.Classifier` (or anything with a ``.net`` whose forward
     normalizes); images whose size or channel count differ from ``model.input_size`` are resized
     (bilinear) and converted (grey <-> RGB) first, so an 8x8 image can be read by a 32x32 network.
+    ``stop_early``: abandon the forward pass once every layer is read (set it False for a model
+    wrapped in a query counter, which counts a pass when it completes).
     """
 
-    def __init__(self, model: nn.Module, content_layer: str | None = None, style_layers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        content_layer: str | None = None,
+        style_layers: Sequence[str] | None = None,
+        *,
+        stop_early: bool = True,
+    ) -> None:
         self.model = model
+        self.stop_early = stop_early
         c_default, s_default = default_layers(model)
         self.content_layer = str(content_layer) if content_layer else c_default
         self.style_layers = tuple(str(s) for s in style_layers) if style_layers else s_default
@@ -124,7 +134,7 @@ class FeatureExtractor:
         def hook(name: str):
             def f(_module, _inp, out):
                 feats.setdefault(name, out)
-                if len(feats) == len(self.layers):
+                if self.stop_early and len(feats) == len(self.layers):
                     raise _Enough
 
             return f

@@ -156,7 +156,8 @@ class Stylize(Attack):
         tex = pool_x[index.cpu()].to(images.device)
         tex = tex.float() / 255.0 if tex.dtype == torch.uint8 else tex.float()
         feature_model = model if self.features is None else self.features.to(images.device)
-        extractor = FeatureExtractor(feature_model, self.content_layer, self.style_layers)
+        # the attacked model as feature network: every pass runs to the end, so each is counted as a query
+        extractor = FeatureExtractor(feature_model, self.content_layer, self.style_layers, stop_early=self.features is not None)
         with eval_mode(feature_model):
             out = style_transfer(
                 extractor,
