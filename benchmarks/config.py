@@ -181,7 +181,10 @@ def _check_logging(node: Any, path: str) -> None:
 
 
 def _check_dirs(cfg: DictConfig) -> None:
-    root = _abs(str(cfg.get("results_dir") or "."))
+    try:
+        root = _abs(str(cfg.get("results_dir") or "."))
+    except OmegaConfBaseException:  # resolves only inside the run (${hydra:runtime.cwd}/...): Hydra's own folders
+        return
     probe = OmegaConf.create(OmegaConf.to_container(cfg.hydra, resolve=False))
     probe = OmegaConf.create({**{k: v for k, v in cfg.items_ex(resolve=False) if k != "hydra"}, "hydra": probe})
     OmegaConf.update(probe, "hydra.job.num", 0, force_add=True)
