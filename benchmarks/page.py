@@ -22,10 +22,12 @@ through :func:`html.escape`; tables are built here rather than with ``DataFrame.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
 import math
+import numbers
 import re
 import shlex
 from collections import defaultdict
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
 import pandas as pd
 
 from fragility.benchmarks.provenance import NON_SEMANTIC_KEYS
@@ -263,7 +266,7 @@ def _empty(s: pd.Series) -> bool:
     return bool(s.map(lambda v: _isnan(v) or v == "").all())
 
 
-def columns_for(df: pd.DataFrame, renames: dict[str, str] | None = None) -> list[Column]:
+def columns_for(df: pd.DataFrame) -> list[Column]:
     """Columns of ``df`` in group order (identity | clean | robust | cost | provenance | other),
     CI columns folded into their value's cell; columns empty in every row are left out (the CSV
     keeps them)."""
@@ -274,7 +277,7 @@ def columns_for(df: pd.DataFrame, renames: dict[str, str] | None = None) -> list
         header, group, kind = KNOWN.get(c, (_friendly(c), _group_of(c), ""))
         if kind == "ci" or c.endswith(" by"):
             continue
-        cols.append(Column(c, (renames or {}).get(c, header), group, c))
+        cols.append(Column(c, header, group, c))
     return sorted(cols, key=lambda col: GROUPS.index(col.group))
 
 
@@ -282,7 +285,7 @@ def cell(df_row: pd.Series, c: str, n: int | None = None) -> tuple[str, object]:
     """(HTML, sort value) for one cell. Percent columns get the interval when it is known."""
     v = df_row.get(c)
     kind = KNOWN.get(c, ("", "", ""))[2]
-    if kind == "" and isinstance(v, (float, int)) and not isinstance(v, bool):
+    if kind == "" and isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)):
         frac = any(w in c for w in ("acc", "rate")) or c.startswith(("worst ", "robust", "clean")) or " " in c
         kind = "pct" if frac and (_isnan(v) or 0 <= v <= 1) else "num"
     if kind == "pct":
@@ -305,7 +308,8 @@ def cell(df_row: pd.Series, c: str, n: int | None = None) -> tuple[str, object]:
     return (esc("" if _isnan(v) else v), None)
 
 
-def render_table(tid: str, caption: str, cols: list[Column], rows: list[Row], sortable: bool = True) -> str:
+def render_table(tid: str, caption: str, cols: list[Column], rows: list[Row]) -> str:
+    """A sortable, filterable table: a row of column groups over a row of friendly headers."""
     groups: list[list] = []
     for c in cols:
         if groups and groups[-1][0] == c.group:
@@ -324,9 +328,8 @@ def render_table(tid: str, caption: str, cols: list[Column], rows: list[Row], so
             tds.append(f'<td class="{cls}"{sv}>{inner}</td>')
         body.append(f"<tr{attrs}>{''.join(tds)}</tr>")
     cap = f'<caption>{esc(caption)} (<span class="count">{len(rows)} of {len(rows)}</span> rows)</caption>'
-    cls = "board" if sortable else "plain"
     return (
-        f'<div class="scroll"><table class="{cls}" id="{esc(tid)}">{cap}<thead><tr class="groups">{head}</tr>'
+        f'<div class="scroll"><table class="board" id="{esc(tid)}">{cap}<thead><tr class="groups">{head}</tr>'
         f'<tr class="cols">{names}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
     )
 
@@ -473,10 +476,11 @@ def _heat_colour(v: float) -> tuple[str, str]:
 def heatmaps(records: list[RunRecord]) -> list[str]:
     """One coloured table per (dataset, threat model): attack (and variant) x model (or defense)."""
     out = []
-    by: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    by: dict[tuple[str, str, float], list[RunRecord]] = defaultdict(list)
     for r in records:
-        by[(r.dataset, threat_label(r.norm, r.eps))].append(r)
-    for (dataset, threat), recs in sorted(by.items()):
+        by[(r.dataset, r.norm, math.inf if _isnan(r.eps) else r.eps)].append(r)
+    for (dataset, _, _), recs in sorted(by.items()):  # budgets in numeric order
+        threat = threat_label(recs[0].norm, recs[0].eps)
         ent = _entity(recs)
         cols = sorted({ent(r) for r in recs})
         label = lambda r: r.attack + ("" if r.variant == "standard" else f" ({r.variant})")
@@ -546,6 +550,7 @@ def _override_value(v: object) -> str:
     return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+@functools.cache
 def _conf_files(group: str) -> dict[str, dict]:
     """The package's conf/<group>/*.yaml as plain dicts (empty when the group is not a folder)."""
     import yaml
@@ -564,7 +569,8 @@ def _conf_files(group: str) -> dict[str, dict]:
     return out
 
 
-def _conf_top_keys() -> set[str]:
+@functools.cache
+def _conf_top_keys() -> frozenset[str]:
     import yaml
 
     import fragility.conf
@@ -574,7 +580,7 @@ def _conf_top_keys() -> set[str]:
         f = Path(root, "config.yaml")
         if f.is_file():
             keys |= set(yaml.safe_load(f.read_text(encoding="utf-8")) or {})
-    return keys
+    return frozenset(keys)
 
 
 def _choice(group: str, node: object) -> tuple[str | None, set[str]]:
@@ -680,14 +686,6 @@ def _record_index(records: list[RunRecord]) -> dict[tuple[str, str], RunRecord]:
     return {(r.config_hash, r.variant): r for r in records}
 
 
-def _threat_sort(t: str) -> tuple:
-    norm, _, eps = t.partition(" ")
-    try:
-        return (norm, float(eps))
-    except ValueError:
-        return (norm, math.inf)
-
-
 def render_leaderboard(records: list[RunRecord], board: pd.DataFrame, summ: pd.DataFrame, out_dir: str | Path) -> str:
     """The main page: worst case per model and threat model, pictures, every run, defenses."""
     out = Path(out_dir)
@@ -698,7 +696,8 @@ def render_leaderboard(records: list[RunRecord], board: pd.DataFrame, summ: pd.D
     for r in records:
         k = (r.model, r.dataset, r.defense, threat_label(r.norm, r.eps))
         n_of_group[k] = max(n_of_group.get(k, 0), r.n)
-    threats = sorted({threat_label(r.norm, r.eps) for r in records}, key=_threat_sort)
+    budgets = sorted({(r.norm, math.inf if _isnan(r.eps) else r.eps) for r in records})
+    threats = list(dict.fromkeys(threat_label(norm, math.nan if eps == math.inf else eps) for norm, eps in budgets))
     bar = filter_bar(
         {
             "model": [r.model for r in records],
