@@ -185,6 +185,10 @@ def _check_dirs(cfg: DictConfig) -> None:
         root = _abs(str(cfg.get("results_dir") or "."))
     except OmegaConfBaseException:  # resolves only inside the run (${hydra:runtime.cwd}/...): Hydra's own folders
         return
+    if root.exists() and not root.is_dir():  # else Hydra fails creating its run folder inside it
+        raise ConfigError(f"results_dir {root} is not a folder")
+    if root.is_dir() and not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(f"results_dir {root} is read-only; use another results_dir (fragility-leaderboard can still read it)")
     probe = OmegaConf.create(OmegaConf.to_container(cfg.hydra, resolve=False))
     probe = OmegaConf.create({**{k: v for k, v in cfg.items_ex(resolve=False) if k != "hydra"}, "hydra": probe})
     OmegaConf.update(probe, "hydra.job.num", 0, force_add=True)

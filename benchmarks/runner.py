@@ -411,6 +411,8 @@ class Trial:
 
     def _log(self, record: RunRecord, metrics: dict, ctx: RunContext) -> None:
         logger = safe_instantiate(self.cfg.logger, self.allowed) if self.cfg.get("logger") is not None else NullLogger()
+        if type(logger) is not NullLogger:  # the local leaderboards are current before any network step (W&B)
+            write_leaderboards(self.store.records(), self.results_dir)
         try:
             suffix = "" if record.variant == "standard" else f"-{record.variant}"
             name = f"{record.model}-{record.attack}{suffix}-{record.config_hash[:8]}"

@@ -113,6 +113,7 @@ def call_run(argv: list[str]) -> tuple[int, str, str]:
 
 # cases that need the console script itself (Hydra's own config and callbacks, the pre-run gate)
 CLI_CASES = ("target-", "hydra-", "output-subdir", "run-dir", "logger-target", "unknown-interpolation", "fractional-")
+CLI_CASES += ("results-dir-is-file", "garbage-store")
 
 
 def digest(folder: Path) -> str:
