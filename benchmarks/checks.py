@@ -18,8 +18,9 @@ Robustness", section 6 checklist; AutoAttack's own warnings). On a probe of the 
   breaks more than ``blackbox_margin`` of the probe (at least 2 images) that the gradient attack
   left standing.
 
-The first four need only the model and the probe; the last two need an attack of the same threat
-model (:class:`~fragility.attacks.gradient.LpAttack`), built by the caller. :func:`run_checks`
+The first four need only the model and the probe; the last two need an iterative attack (``steps``
+> 1: a single FGSM step is not expected to reach 100% nor to beat Square) of an Lp threat model
+(:class:`~fragility.attacks.gradient.LpAttack`), rebuilt by the caller with other options. :func:`run_checks`
 returns :class:`Flag` objects; :func:`format_flags` gives the store's ``flags`` column
 (``zero_grad 64/64; saturated 64/64``). What answers each flag is in
 :mod:`fragility.benchmarks.escalation`.
@@ -182,7 +183,8 @@ def run_checks(
     kk = keys[:k] if keys is not None else None
     flags = gradient_flags(model, x, y, t, getattr(attack, "loss", "ce"), settings)
     flags += output_flags(model, x, settings)
-    if make_attack is not None and getattr(attack, "norm", None) in ("linf", "l2") and hasattr(attack, "eps"):
+    iterative = int(getattr(attack, "steps", 1) or 1) > 1  # a single step (FGSM) is not expected to reach 100%
+    if make_attack is not None and iterative and getattr(attack, "norm", None) in ("linf", "l2") and hasattr(attack, "eps"):
         flags += budget_flags(model, x, y, success[:k], make_attack, targets=t, keys=kk, norm=attack.norm, settings=settings)
     order = {name: i for i, name in enumerate(FLAG_NAMES)}
     return sorted(flags, key=lambda f: order[f.name])

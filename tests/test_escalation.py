@@ -120,9 +120,10 @@ def test_masked_model_is_flagged_escalated_and_reported_near_truth(kind, digits_
     summ = worst_case(recs, {r.config_hash: store.samples(r.config_hash) for r in recs})
     assert len(summ) == 1 and summ.loc[0, "per_sample"]
     assert summ.loc[0, "worst_robust_acc"] <= ref + 0.08, (summ.loc[0, "worst_robust_acc"], ref)
-    if kind in ("scale", "round"):  # masked: PGD alone is far above the truth, escalation is not
-        assert standard.robust_acc >= ref + 0.2
-        assert escalated.robust_acc <= ref + 0.08
+    if kind == "scale":  # masked: PGD alone is far above the truth, escalation is not
+        assert standard.robust_acc >= ref + 0.2 and escalated.robust_acc <= ref + 0.08
+    if kind == "round":  # rounding to quarters really resists eps 0.1 (the truth is high), but less than PGD says
+        assert escalated.robust_acc < standard.robust_acc
 
 
 def test_escalate_false_only_flags(digits_model, cfg_factory, tmp_path):
