@@ -305,6 +305,8 @@ class Trial:
         if not bool(self.cfg.get("escalate", True)):
             return None
         d = self.defense
+        if d is not None and (not d.differentiable or d.randomized) and not d.adaptive:
+            return None  # defense.adaptive=false: the user asked for this defense's plain attack only; flags stay
         answered: set[str] = set()
         if d is not None and d.needs_adaptive:
             if variant == "standard":
