@@ -229,7 +229,7 @@ def main() -> None:
             k: read_meta(p).get(k)
             for k in ("n", "feature_network", "seconds_per_image", "cpu_seconds_per_image", "load_average", "threads", "quality")
         }
-        for p in (dset, cset)
+        for p in (dset, cset, out / "style" / "timing-digits.npz", out / "style" / "timing-cifar10.npz")
         if p.is_file()
     }
     summary = {"shape_bias": rows, "curves": curves, "sets": sets}
