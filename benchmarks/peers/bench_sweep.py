@@ -51,8 +51,12 @@ LAUNCHERS = {
 }
 
 
+EXTRA: list[str] = []  # --extra: more overrides for every sweep
+
+
 def grid(n: int, steps: int) -> list[str]:
     return [
+        *EXTRA,
         "attack=pgd",
         f"attack.steps={steps}",
         "attack.eps=0.1,0.2,0.3",
@@ -176,11 +180,11 @@ def ray_kill(out: Path, n: int, steps: int) -> dict:
     return row
 
 
-def start_postgres(workdir: Path) -> tuple[str, callable]:
+def start_postgres() -> tuple[str, callable]:
     found = shutil.which("initdb")
     cands = ([str(Path(found).resolve().parent)] if found else []) + sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
     bindir = next(Path(d) for d in cands if (Path(d) / "initdb").is_file())
-    data = Path(tempfile.mkdtemp(prefix="fragility-bench-pg-", dir=workdir))
+    data = Path(tempfile.mkdtemp(prefix="fragility-bench-pg-"))  # under /tmp: the postgres user must reach it
     as_user = []
     if os.geteuid() == 0:
         shutil.chown(data, "postgres")
@@ -209,22 +213,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("results/bench_sweep"))
     ap.add_argument("--n", type=int, default=500, help="test images per run")
-    ap.add_argument("--steps", type=int, default=30, help="PGD steps in the timed sweeps")
+    ap.add_argument("--steps", type=int, default=20, help="PGD steps in the timed sweeps")
     ap.add_argument("--light-steps", type=int, default=10, help="PGD steps in the PostgreSQL and Ray-kill sweeps")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--parts", default="timing,postgres,raykill")
     ap.add_argument("--launchers", default="serial,joblib,ray")
     ap.add_argument("--pg-url", default=os.environ.get("FRAGILITY_TEST_PG_URL"))
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per job, every launcher (FRAGILITY_THREADS)")
+    ap.add_argument("--extra", nargs="*", default=["escalate=false"], help="overrides added to every sweep")
     args = ap.parse_args()
+    os.environ["FRAGILITY_THREADS"] = str(args.threads)
+    EXTRA[:] = args.extra
     args.out.mkdir(parents=True, exist_ok=True)
     parts = args.parts.split(",")
     # train the digits CNN into the cache once, outside every timing
     fragility([f"results_dir={args.out / 'warmup'}", "n_samples=8", "logger=none", "progress=false"], args.out / "warmup.log")
-    report: dict = {"n": args.n, "steps": args.steps, "light_steps": args.light_steps, "cpus": len(os.sched_getaffinity(0))}
+    report: dict = {
+        "n": args.n,
+        "steps": args.steps,
+        "light_steps": args.light_steps,
+        "threads": args.threads,
+        "extra": args.extra,
+    }
+    report["cpus"], report["load_avg_start"] = len(os.sched_getaffinity(0)), os.getloadavg()
     if "timing" in parts:
         report["timing"] = timing(args.out, args.n, args.steps, args.repeats, args.launchers.split(","))
     if "postgres" in parts:
-        url, stop = (args.pg_url, lambda: None) if args.pg_url else start_postgres(args.out)
+        url, stop = (args.pg_url, lambda: None) if args.pg_url else start_postgres()
         try:
             with sa.create_engine(url, isolation_level="AUTOCOMMIT").connect() as c:  # a fresh database for the run
                 c.exec_driver_sql("DROP DATABASE IF EXISTS bench_sweep WITH (FORCE)")
@@ -235,6 +250,7 @@ def main() -> None:
             stop()
     if "raykill" in parts:
         report["raykill"] = ray_kill(args.out, args.n, args.light_steps)
+    report["load_avg_end"] = os.getloadavg()
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     print(f"report: {args.out / 'report.json'}")
 
