@@ -83,8 +83,8 @@ def _harness_kind(obj: Any) -> bool:
 
 def check_target(target: Any, allowed: list[str] | tuple[str, ...] = (), where: str = "") -> None:
     """Refuse ``target`` unless it is listed in ``allowed`` by exact name, or it names a public
-    class or function DEFINED in a fragility part (attacks, defenses, models, datasets) or a
-    fragility logger / Hydra callback. The name is checked before anything is imported, then the
+    module-level class DEFINED in a fragility part (attacks, defenses, models, datasets), a model
+    factory (``fragility.models.<x>.build``), or a fragility logger / Hydra callback. The name is checked before anything is imported, then the
     object it resolves to is checked (``fragility.x.os.system`` resolves to ``posix.system``)."""
     at = f" (at {where})" if where else ""
     if not isinstance(target, str) or not target:
@@ -101,6 +101,12 @@ def check_target(target: Any, allowed: list[str] | tuple[str, ...] = (), where: 
         raise ConfigError(f"unknown _target_ {target!r}{at}") from None
     module = getattr(obj, "__module__", None) or ""
     if not (isinstance(obj, type) or inspect.isfunction(obj)) or not module.startswith("fragility."):
+        raise ConfigError(refuse)
+    # module-level classes, and the model factories (``build``): never a method (Patch.save) or a
+    # helper function that writes files (save_cue_conflict); list those by exact name to allow them
+    if getattr(obj, "__qualname__", "") != parts[-1]:
+        raise ConfigError(refuse)
+    if inspect.isfunction(obj) and not (module.startswith("fragility.models.") and obj.__name__ == "build"):
         raise ConfigError(refuse)
     if not (module.startswith(PART_PACKAGES) or _harness_kind(obj)):
         raise ConfigError(refuse)

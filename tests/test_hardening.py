@@ -200,6 +200,14 @@ def _cases(e) -> dict[str, tuple[list[str], str]]:
             _args(r, "+model.x={_target_:os.system,command:x}", allowed=f"os,{HERE}"),
             r"refusing to instantiate 'os.system'",
         ),
+        "target-part-method": (
+            _args(r, f"+model.x={{_target_:fragility.attacks.patch.Patch.save,self:null,path:{MARKER}}}"),
+            r"refusing to instantiate 'fragility.attacks.patch.Patch.save'",
+        ),
+        "target-part-file-writer": (
+            _args(r, f"+model.x={{_target_:fragility.attacks.shape_bias.save_cue_conflict,path:{MARKER}}}"),
+            r"refusing to instantiate 'fragility.attacks.shape_bias.save_cue_conflict'",
+        ),
         "hydra-callback": (_args(r, f"+hydra.callbacks.x={{_target_:os.system,command:'{touch}'}}"), r"hydra.callbacks.x"),
         "hydra-callback-helper": (
             _args(r, "+hydra.callbacks.x={_target_:fragility.benchmarks.leaderboard.write_leaderboards}"),
@@ -274,7 +282,7 @@ def test_matrix_case_one_line_exit_2_store_intact(case, env):
 
 
 def test_matrix_size():
-    assert len(CASE_IDS) == 37
+    assert len(CASE_IDS) == 39
 
 
 def test_read_only_store_refuses_runs_but_renders_leaderboards(env):
