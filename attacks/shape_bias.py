@@ -180,19 +180,20 @@ class ShapeBias(Attack):
 
     def __init__(self, *, cue_conflict: str | None = None, texture_key: str = "y_texture", seed: int = 0) -> None:
         super().__init__(target=None, seed=seed)
-        if not cue_conflict:
-            raise ConfigError(
-                "shape_bias needs the cue-conflict npz: dataset=npz dataset.path=SET (attack.cue_conflict follows it)"
-            )
-        self.cue_conflict, self.texture_key = str(cue_conflict), str(texture_key)
+        self.cue_conflict = str(cue_conflict) if cue_conflict else None  # checked when used (prepare)
+        self.texture_key = str(texture_key)
         self.train_n = 1  # the runner's training-data hook loads this many; shape bias needs none
         self._stats: dict[str, Any] = {}
 
     def params(self) -> dict[str, Any]:
-        return {"set": Path(self.cue_conflict).stem}
+        return {"set": Path(self.cue_conflict).stem if self.cue_conflict else "none"}
 
     def prepare(self, model, *, train, held_out, device, progress: bool = False) -> None:
         """Predict every cue-conflict image (``held_out``: the images the runner scores) and count."""
+        if not self.cue_conflict:
+            raise ConfigError(
+                "shape_bias needs the cue-conflict npz: dataset=npz dataset.path=SET (attack.cue_conflict follows it)"
+            )
         y_texture = torch.from_numpy(read_texture_labels(self.cue_conflict, self.texture_key).astype(np.int64))
         if int(held_out.ids.max()) >= len(y_texture):
             raise DataError(f"{self.cue_conflict}: {len(y_texture)} texture labels, fewer than its images")

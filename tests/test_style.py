@@ -223,3 +223,10 @@ def test_style_app_builds_once_and_scores(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:
         style.main()
     assert e.value.code == 2
+
+
+def test_shape_bias_without_a_cue_conflict_set_is_a_one_line_error(cfg_factory):
+    from fragility.benchmarks.runner import run
+
+    with pytest.raises(ConfigError, match="cue-conflict npz"):
+        run(cfg_factory("attack=shape_bias", "n_samples=5"))
