@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fragility.benchmarks.provenance import config_hash, now
 from fragility.benchmarks.resources import job_resources
+from fragility.errors import FragilityError
 
 PROGRESS_FILE = "sweep_progress.jsonl"
 STATUSES = ("done", "skipped", "failed")
@@ -43,8 +44,11 @@ def in_multirun() -> bool:
 
 
 def one_line(e: BaseException) -> str:
+    """The first line of an error; a user-fixable FragilityError without its class name."""
     text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    return text.splitlines()[0] if isinstance(e, FragilityError) else f"{type(e).__name__}: {text.splitlines()[0]}"
 
 
 def run_sweep_job(cfg: DictConfig, run) -> str:
