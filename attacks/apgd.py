@@ -164,7 +164,8 @@ def apgd_run(
         if eot_iter == 1:
             # zero gradient at a point that did not move and is its own best point: every later step
             # (and every reset to the best point) returns to it, so the image leaves the run
-            same = ((new - xa).flatten(1).abs().amax(1) == 0) & ((new - x_best[act]).flatten(1).abs().amax(1) == 0)
+            # (up to float rounding of the projection: 1e-6 is far below any step that matters)
+            same = ((new - xa).flatten(1).abs().amax(1) <= 1e-6) & ((new - x_best[act]).flatten(1).abs().amax(1) <= 1e-6)
             stuck[act[same & (grad_a.flatten(1).abs().amax(1) == 0) & ~ok]] = True
         halve = control.check(hist[: i + 2], i + 1, loss_best) & ~fooled & ~stuck
         if halve.any():

@@ -79,8 +79,8 @@ def test_step_halves_at_every_checkpoint_when_the_loss_never_rises():
 
 def test_frozen_image_leaves_the_run():
     """A deterministic model with a zero gradient: after one step that did not move, the image leaves."""
-    x = torch.rand(3, 1, 4, 4)
-    y = torch.zeros(3, dtype=torch.long)
+    x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    y = torch.zeros(8, dtype=torch.long)
     res = APGD(eps=0.1, steps=100)(Constant(), x, y)
     assert (res.queries == 2).all()
     assert not res.success.any()
