@@ -289,9 +289,16 @@ class Trial:
             return safe_instantiate(attack_with(self.cfg.attack, **overrides), self.allowed)
 
         flags = run_checks(
-            self.model, x, y, result.success[: len(idx)], attack=self.attack, make_attack=make_attack,
-            targets=t, keys=keys, settings=settings,
-        )  # fmt: skip
+            self.model,
+            x,
+            y,
+            result.success[: len(idx)],
+            attack=self.attack,
+            make_attack=make_attack,
+            targets=t,
+            keys=keys,
+            settings=settings,
+        )
         if flags:
             print(f"[fragility] {self.model.name} / {self.attack.name}: masking checks fired: {format_flags(flags)}")
         return flags

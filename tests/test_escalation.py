@@ -68,10 +68,20 @@ def _scripted(digits_model, kind, amount, path):
 
 def _cfg(cfg_factory, path, *extra):
     return cfg_factory(
-        "n_samples=48", "attack=pgd", f"attack.eps={EPS}", "model=checkpoint", f"model.path={path}",
-        "+checks.probe_n=32", "+checks.square_queries=100", "+escalation.square_queries=300",
-        "model.format=torchscript", "model.input_size=[1,8,8]", "model.mean=[0.0]", "model.std=[1.0]", *extra,
-    )  # fmt: skip
+        "n_samples=48",
+        "attack=pgd",
+        f"attack.eps={EPS}",
+        "model=checkpoint",
+        f"model.path={path}",
+        "+checks.probe_n=32",
+        "+checks.square_queries=100",
+        "+escalation.square_queries=300",
+        "model.format=torchscript",
+        "model.input_size=[1,8,8]",
+        "model.mean=[0.0]",
+        "model.std=[1.0]",
+        *extra,
+    )
 
 
 def _reference(digits_model, kind, amount, x, y) -> float:

@@ -383,11 +383,20 @@ def test_hostile_names_are_escaped_in_every_html_file(env):
     )
     code, _out, err = call_cli(
         [
-            f"results_dir={results}", "logger=none", "progress=false", "n_samples=16", "model=checkpoint",
-            f"model.path='{ckpt}'", "model.format=torchscript", "model.input_size=[1,8,8]", "model.mean=[0]",
-            "model.std=[1]", "dataset=npz", f"dataset.path='{npz}'",
+            f"results_dir={results}",
+            "logger=none",
+            "progress=false",
+            "n_samples=16",
+            "model=checkpoint",
+            f"model.path='{ckpt}'",
+            "model.format=torchscript",
+            "model.input_size=[1,8,8]",
+            "model.mean=[0]",
+            "model.std=[1]",
+            "dataset=npz",
+            f"dataset.path='{npz}'",
         ]
-    )  # fmt: skip
+    )
     assert code == 0, err
     pages = list(results.rglob("*.htm*"))
     assert pages

@@ -18,12 +18,40 @@ from fragility.stats import wilson_interval
 def _rec(h, attack, robust, *, model="m", eps=0.1, seed=0, weights="", variant="standard", flags=""):
     n = len(robust)
     return RunRecord(
-        config_hash=h, model=model, dataset="d", defense="none", attack=attack, params="", norm="linf", eps=eps,
-        targeted=False, n=n, clean_acc=1.0, robust_acc=float(np.mean(robust)), n_attacked=n, success_rate=0.0,
-        success_ci_low=0.0, success_ci_high=0.0, mean_queries=1.0, mean_linf=0.0, mean_l2=0.0, mean_l0=0.0,
-        mean_conf=0.0, mean_true_conf=0.0, seconds=0.0, seed=seed, device="cpu", timestamp="", fragility_version="",
-        torch_version="", torchvision_version="", git_commit="", variant=variant, flags=flags, weights_sha256=weights,
-    )  # fmt: skip
+        config_hash=h,
+        model=model,
+        dataset="d",
+        defense="none",
+        attack=attack,
+        params="",
+        norm="linf",
+        eps=eps,
+        targeted=False,
+        n=n,
+        clean_acc=1.0,
+        robust_acc=float(np.mean(robust)),
+        n_attacked=n,
+        success_rate=0.0,
+        success_ci_low=0.0,
+        success_ci_high=0.0,
+        mean_queries=1.0,
+        mean_linf=0.0,
+        mean_l2=0.0,
+        mean_l0=0.0,
+        mean_conf=0.0,
+        mean_true_conf=0.0,
+        seconds=0.0,
+        seed=seed,
+        device="cpu",
+        timestamp="",
+        fragility_version="",
+        torch_version="",
+        torchvision_version="",
+        git_commit="",
+        variant=variant,
+        flags=flags,
+        weights_sha256=weights,
+    )
 
 
 def _frame(robust, ids=None):
@@ -31,9 +59,13 @@ def _frame(robust, ids=None):
     n = len(robust)
     label = np.arange(n) % 10
     return pd.DataFrame(
-        {"sample_id": np.arange(n) if ids is None else ids, "label": label, "clean_pred": label,
-         "adv_pred": np.where(robust, label, (label + 1) % 10)}
-    )  # fmt: skip
+        {
+            "sample_id": np.arange(n) if ids is None else ids,
+            "label": label,
+            "clean_pred": label,
+            "adv_pred": np.where(robust, label, (label + 1) % 10),
+        }
+    )
 
 
 def test_worst_case_equals_hand_count():
@@ -56,9 +88,11 @@ def test_worst_case_equals_hand_count():
 def test_groups_keep_weights_seeds_and_budgets_apart():
     r = [1, 0, 1, 1]
     recs = [
-        _rec("a", "pgd", r, weights="aa"), _rec("b", "pgd", [0, 0, 1, 1], weights="bb"),
-        _rec("c", "pgd", r, seed=1), _rec("d", "pgd", r, eps=0.2),
-    ]  # fmt: skip
+        _rec("a", "pgd", r, weights="aa"),
+        _rec("b", "pgd", [0, 0, 1, 1], weights="bb"),
+        _rec("c", "pgd", r, seed=1),
+        _rec("d", "pgd", r, eps=0.2),
+    ]
     out = worst_case(recs, {k: _frame(v) for k, v in zip("abcd", [r, [0, 0, 1, 1], r, r])})
     assert len(out) == 4
 

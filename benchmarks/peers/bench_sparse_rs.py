@@ -273,9 +273,18 @@ def main(argv: list[str] | None = None) -> int:
         done("exhaustive check", run_sparse(model, x, y, exhaustive, args.batch, 1))
 
     de = argparse.Namespace(
-        pixels=1, popsize=args.popsize, maxiter=args.maxiter, max_batch=args.max_batch, strategy="rand1", mutation=0.5,
-        loss="prob", seed=args.seed, batch=args.batch, figure=None, peers=args.peers,
-    )  # fmt: skip
+        pixels=1,
+        popsize=args.popsize,
+        maxiter=args.maxiter,
+        max_batch=args.max_batch,
+        strategy="rand1",
+        mutation=0.5,
+        loss="prob",
+        seed=args.seed,
+        batch=args.batch,
+        figure=None,
+        peers=args.peers,
+    )
     if "de" not in skip:
         done(f"fragility onepixel DE ({args.de_precision})", run_fragility(model, x, y, de, args.de_precision))
 
