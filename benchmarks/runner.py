@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -373,7 +374,9 @@ class Trial:
         run_dir = self.results_dir / "runs" / h
         ctx = RunContext(self.cfg, self.model, data, self.clean_pred, self.clean_conf, result, examples, run_dir, self.device)
         extra: dict[str, Any] = {}
-        if result is not None and hasattr(attack, "extra_metrics"):
+        # an attack whose metrics stand without attacked images (shape bias: a model that never decides
+        # by shape attacks nothing and still has a bias of 0) sets ``metrics_without_result``
+        if hasattr(attack, "extra_metrics") and (result is not None or getattr(attack, "metrics_without_result", False)):
             extra.update(attack.extra_metrics(result))
         if defense is not None:
             extra["defense_params"] = defense.params()
@@ -507,6 +510,11 @@ def _samples_frame(data, clean_pred, attacked, result, targets_all, norms, attac
     return frame
 
 
+def _finite_or_none(v):
+    """Strict JSON: a non-finite float (e.g. FAB's norm when it found nothing) is stored as null."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
 def _sample_extras(n: int, attacked: torch.Tensor, result: AttackResult | None, attack) -> list[str | None]:
     """One JSON object per sample of the attack's ``sample_extras`` (None for samples not attacked)."""
     names = [k for k in getattr(attack, "sample_extras", ()) if result is not None and k in result.extras]
@@ -515,5 +523,5 @@ def _sample_extras(n: int, attacked: torch.Tensor, result: AttackResult | None, 
         return out
     cols = {k: result.extras[k].tolist() if torch.is_tensor(result.extras[k]) else list(result.extras[k]) for k in names}
     for j, i in enumerate(attacked.tolist()):
-        out[i] = json.dumps({k: cols[k][j] for k in names})
+        out[i] = json.dumps({k: _finite_or_none(cols[k][j]) for k in names}, allow_nan=False)
     return out
