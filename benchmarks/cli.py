@@ -113,6 +113,7 @@ def _leaderboard_app(cfg: DictConfig) -> None:
 
     from fragility.benchmarks.leaderboard import terminal_table, write_leaderboards
     from fragility.benchmarks.store import DB_NAME, ResultStore, merge_stores
+    from fragility.benchmarks.worst_case import samples_for
 
     db = cfg.get("results_db")
     if not db and not (Path(cfg.results_dir) / DB_NAME).is_file() and not cfg.get("merge_from"):
@@ -128,7 +129,7 @@ def _leaderboard_app(cfg: DictConfig) -> None:
     except FragilityError as e:
         _fail(str(e))
     try:
-        write_leaderboards(records, cfg.results_dir)
+        write_leaderboards(records, cfg.results_dir, samples=samples_for(store, records))
         where = f"leaderboards written to {cfg.results_dir}/leaderboard.{{csv,md,html}}"
     except OSError as e:  # a read-only results folder: the table is still shown
         where = f"leaderboard files not written ({e.strerror or e})"

@@ -54,6 +54,7 @@ from fragility.benchmarks.record import RunRecord
 from fragility.benchmarks.store import ResultStore
 from fragility.benchmarks.validate import validate_clean
 from fragility.benchmarks.wandb_logger import NullLogger
+from fragility.benchmarks.worst_case import samples_for
 from fragility.datasets import ImageSet, align_labels, source_label
 from fragility.defenses import adaptive_mode
 from fragility.errors import ConfigError, InputError
@@ -161,12 +162,12 @@ def run(cfg: DictConfig) -> RunRecord:
                 f"[fragility] {rec.model} / {rec.attack} {rec.params}{_vtag(rec)}: already in {store.path} "
                 f"(config {rec.config_hash}); force=true re-runs it"
             )
-        write_leaderboards(store.records(), results_dir)
+        render_leaderboards(store, results_dir)
         return worst_record(list(done.values()))
 
     trial = Trial.build(cfg, resolved, defense, store, n_samples=n_samples, seed=seed, batch_size=batch_size)
     records = [done.get(v) or trial.score(v, hashes[v]) for v in variants]
-    write_leaderboards(store.records(), results_dir)
+    render_leaderboards(store, results_dir)
     if len(records) > 1:
         w = worst_record(records)
         print(
@@ -424,7 +425,7 @@ class Trial:
     def _log(self, record: RunRecord, metrics: dict, ctx: RunContext) -> None:
         logger = safe_instantiate(self.cfg.logger, self.allowed) if self.cfg.get("logger") is not None else NullLogger()
         if type(logger) is not NullLogger:  # the local leaderboards are current before any network step (W&B)
-            write_leaderboards(self.store.records(), self.results_dir)
+            render_leaderboards(self.store, self.results_dir)
         try:
             suffix = "" if record.variant == "standard" else f"-{record.variant}"
             name = f"{record.model}-{record.attack}{suffix}-{record.config_hash[:8]}"
@@ -434,6 +435,13 @@ class Trial:
                 log_wandb_table(logger, defense_leaderboard(self.store.records()))
         finally:
             logger.finish()
+
+
+def render_leaderboards(store: ResultStore, out_dir) -> None:
+    """Re-render every board from the store, the summary counting an image robust only if it
+    survives every attack at its threat model (per-sample worst case)."""
+    records = store.records()
+    write_leaderboards(records, out_dir, samples=samples_for(store, records))
 
 
 def load_matching(source, n: int | None, seed: int, model, what: str) -> ImageSet:
