@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
@@ -26,7 +28,9 @@ def test_cifar_resnet_roundtrip_with_module_prefix_and_nesting(tmp_path):
     mean, std = torch.tensor(cifar_resnet.CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(cifar_resnet.CIFAR_STD).view(1, 3, 1, 1)
     src.eval()
     torch.testing.assert_close(model(x), src((x - mean) / std))
-    assert model.name == "cifar_resnet44" and model.class_names[9] == "truck"
+    digest = hashlib.sha256((tmp_path / "r44.th").read_bytes()).hexdigest()
+    assert model.name == f"cifar_resnet44@{digest[:8]}" and model.weights_sha256 == digest  # identity by weights
+    assert model.class_names[9] == "truck"
 
 
 def test_shared_checkpoints_load(shared_dir):
