@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from fragility.benchmarks.config import GROUPS, check_group_choice
-from fragility.errors import FragilityError
+from fragility.errors import ConfigError, FragilityError
 
 DEMO_ARGS = ["-m", "attack=fgsm,pgd"]
 
@@ -27,8 +27,15 @@ def _fail(msg: str) -> None:
 
 
 def _precheck(argv: list[str]) -> None:
-    """Unknown config-group names get one line listing the valid ones (before Hydra's
-    multi-line composition error)."""
+    """Overrides that Hydra's grammar rejects, and unknown config-group names, get one line (before
+    Hydra's multi-line messages)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    except OverrideParseException as e:
+        raise ConfigError(f"cannot parse the override: {str(e).splitlines()[0]} (quote values with special characters)") from None
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue
