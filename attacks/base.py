@@ -220,6 +220,16 @@ class Attack(ABC):
         return images.float(), labels
 
 
+def other_class_targets(model: nn.Module, labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """For attacks with ``targeted=true`` and no ``target``: for each image the class
+    ``(label + 1 + seed mod (C - 1)) mod C``, a fixed, seed-dependent other class."""
+    c = getattr(model, "num_classes", None)
+    if c is None or c < 2:
+        raise ConfigError("targeted=true without target needs a model with num_classes >= 2")
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    return (labels + 1 + seed % (c - 1)) % c
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for t in list(model.parameters())[:1] + list(model.buffers())[:1]:
         return t.device

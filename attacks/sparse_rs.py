@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from fragility.attacks.base import Attack
+from fragility.attacks.base import Attack, other_class_targets
 from fragility.errors import ConfigError
 
 MODES = ("pixels", "patch", "frame")
@@ -150,11 +150,7 @@ class SparseRS(Attack):
         ``(label + 1 + seed mod (C - 1)) mod C`` (as ``onepixel``)."""
         if self.target is not None or not self.want_targeted:
             return super().make_targets(model, labels)
-        c = getattr(model, "num_classes", None)
-        if c is None or c < 2:
-            raise ConfigError("targeted=true without target needs a model with num_classes >= 2")
-        labels = torch.as_tensor(labels, dtype=torch.long)
-        return (labels + 1 + self.seed % (c - 1)) % c
+        return other_class_targets(model, labels, self.seed)
 
     # ---- the threat model -------------------------------------------------------------------
     def project(self, adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
