@@ -11,6 +11,12 @@ gradients the defense exposes, ``adaptive`` = BPDA / EOT); the worst case per th
 attacks and variants, which is the robustness the defense may claim (Athalye et al. 2018); and,
 for certifying defenses (randomized smoothing), certified accuracy at each radius and the abstain
 rate. It is also logged as a W&B Table when a W&B run is open.
+
+Threat models read as a person writes them (``linf 8/255``, ``l0 k=1``, ``patch 4x4``, ``frame width
+2``: :func:`fragility.benchmarks.page.threat_label`). A run whose answer is complete for its threat
+model (the exhaustive one-pixel check, ``sparse_rs exhaustive=true``) has ``complete`` True in
+``leaderboard.csv`` and is marked in the Markdown, terminal and HTML boards: its robust accuracy is
+exact for that threat model, not an upper bound (:func:`fragility.benchmarks.page.is_complete`).
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ import pandas as pd
 from fragility.benchmarks import page
 from fragility.benchmarks.record import RunRecord
 from fragility.benchmarks.worst_case import worst_case
-from fragility.budget import format_number
 
 COLUMNS = [
     "model",
@@ -40,6 +45,7 @@ COLUMNS = [
     "n",
     "clean_acc",
     "robust_acc",
+    "complete",
     "success_rate",
     "success_ci_low",
     "success_ci_high",
@@ -54,12 +60,18 @@ COLUMNS = [
 ]
 
 
+def board_row(r: RunRecord) -> dict:
+    """One record as a leaderboard row (the :data:`COLUMNS`): its fields, and ``complete``
+    derived from its stored attack params (:func:`fragility.benchmarks.page.is_complete`)."""
+    return {c: page.is_complete(r) if c == "complete" else getattr(r, c) for c in COLUMNS}
+
+
 def leaderboard(records: list[RunRecord]) -> pd.DataFrame:
-    df = pd.DataFrame([r.__dict__ for r in records], columns=RunRecord.columns())
+    df = pd.DataFrame([board_row(r) for r in records], columns=COLUMNS)
     if df.empty:
         return pd.DataFrame(columns=COLUMNS)
     df = df.sort_values(["model", "dataset", "defense", "robust_acc", "attack"], kind="stable")
-    return df[COLUMNS].reset_index(drop=True)
+    return df.reset_index(drop=True)
 
 
 def summary(records: list[RunRecord], samples: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
@@ -80,11 +92,25 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _fmt(df: pd.DataFrame) -> pd.DataFrame:
+    """Numbers to 4 significant digits; the ``complete`` flag as ``yes`` where set, the column left
+    out when no row has it (``leaderboard.csv`` always keeps it, True / False)."""
     out = df.copy()
+    if "complete" in out.columns:
+        if out["complete"].astype(bool).any():
+            out["complete"] = out["complete"].map(lambda v: "yes" if v else "")
+        else:
+            out = out.drop(columns="complete")
     for c in out.columns:
         if out[c].dtype.kind == "f":
             out[c] = out[c].map(lambda v: "" if pd.isna(v) else f"{v:.4g}")
     return out
+
+
+def _complete_note(board: pd.DataFrame) -> str:
+    """The footnote under a board with complete rows (empty otherwise)."""
+    if "complete" in board.columns and board["complete"].astype(bool).any():
+        return f"complete = yes: {page.COMPLETE_NOTE}."
+    return ""
 
 
 def write_leaderboards(
@@ -100,6 +126,8 @@ def write_leaderboards(
     md = "# fragility leaderboard\n\n## Worst case per model and budget\n\n"
     md += (_fmt(summ).to_markdown(index=False) if len(summ) else "(no runs yet)") + "\n\n## All runs\n\n"
     md += (_fmt(board).to_markdown(index=False) if len(board) else "(no runs yet)") + "\n"
+    if note := _complete_note(board):
+        md += f"\n{note}\n"
     _atomic_write(out / "leaderboard.md", md)
     page.write_pages(records, board, summ, out, _atomic_write)  # leaderboard.html, models/*.html, exports/*.json
     write_defense_leaderboard(records, out)  # defense_leaderboard.csv/.md/.html
@@ -119,20 +147,19 @@ def terminal_table(records: list[RunRecord]) -> str:
         "n",
         "clean_acc",
         "robust_acc",
+        "complete",
         "success_rate",
         "mean_queries",
         "seconds",
         "flags",
     ]
-    return _fmt(board[cols]).to_string(index=False)
+    table = _fmt(board[cols]).to_string(index=False)
+    note = _complete_note(board)
+    return f"{table}\n{note}" if note else table
 
 
 # ---- the defense leaderboard -------------------------------------------------------------------
 KEYS = ["model", "dataset", "defense"]
-
-
-def _threat(r: RunRecord) -> str:
-    return str(r.norm) if isinstance(r.eps, float) and math.isnan(r.eps) else f"{r.norm} {format_number(r.eps)}"
 
 
 def _extra(r: RunRecord) -> dict:
@@ -157,7 +184,7 @@ def defense_leaderboard(records: list[RunRecord]) -> pd.DataFrame:
         if col not in robust_cols:
             robust_cols.append(col)
         row[col] = min(row.get(col, math.inf), r.robust_acc)
-        wcol = f"worst {_threat(r)}"
+        wcol = f"worst {page.threat_of(r)}"
         if r.robust_acc < row.get(wcol, math.inf):
             row[wcol] = r.robust_acc
             row[f"{wcol} by"] = r.attack + ("" if r.variant == "standard" else f" [{r.variant}]")

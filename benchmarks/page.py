@@ -49,7 +49,8 @@ CI_OF = {"success_rate": ("success_ci_low", "success_ci_high"), "worst_robust_ac
 WRAP = {"params", "flags", "worst_attack", "pictures"}  # long text columns that may wrap
 GROUPS = ["identity", "clean", "robust", "cost", "provenance", "pictures", "other"]
 
-# raw column -> (friendly header, group, kind). kind: text | pct | int | num | sec | bool | sha | hash | ci (folded into pct)
+# raw column -> (friendly header, group, kind). kind: text | pct | int | num | sec | bool | sha | hash | ci (folded into
+# pct) | mark (a flag shown only where true; the column is left out when no row has it)
 KNOWN: dict[str, tuple[str, str, str]] = {
     "model": ("Model", "identity", "text"),
     "dataset": ("Dataset", "identity", "text"),
@@ -63,6 +64,7 @@ KNOWN: dict[str, tuple[str, str, str]] = {
     "n": ("Images", "clean", "int"),
     "clean_acc": ("Clean accuracy", "clean", "pct"),
     "robust_acc": ("Robust accuracy", "robust", "pct"),
+    "complete": ("Complete", "robust", "mark"),
     "worst_robust_acc": ("Robust accuracy (worst case)", "robust", "pct"),
     "worst_attack": ("Strongest attack", "robust", "text"),
     "n_attacks": ("Attacks run", "robust", "int"),
@@ -108,7 +110,7 @@ th.g-cost{background:var(--cost)}th.g-provenance,th.g-pictures,th.g-other{backgr
 td.g-robust{background:#fffafa}td.g-clean{background:#fbfefb}
 caption{text-align:left;color:#556;padding:.2em 0;caption-side:top}
 tbody tr:hover td{background:#fff8d6}
-.ci{color:#778;font-size:12px}.muted{color:#889}
+.ci{color:#778;font-size:12px}.muted{color:#889}.complete{color:#1d6b2f;font-weight:600;cursor:help}
 img.pic{height:160px;margin:0 4px;border:1px solid #ccd}img.thumb{height:40px;margin:0 2px;border:1px solid #ccd;image-rendering:pixelated;vertical-align:middle}
 .figs{display:flex;flex-wrap:wrap;gap:1em}.figs figure{margin:0}.figs img{max-width:100%}
 figcaption{font-size:12px;color:#556;max-width:560px}
@@ -185,9 +187,69 @@ def _isnan(v: object) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
+# ---- threat models and complete runs: one definition, used by every rendering -------------------
+#: sparse threat models (attacks/sparse_rs.py, onepixel), whose budget is a size in pixels
+SPARSE_LABELS = {"l0": "l0 k={}", "l0_patch": "patch {0}x{0}", "l0_frame": "frame width {}"}
+#: the x axis of a budget curve per norm (the norm itself when it is not listed)
+AXIS_LABELS = {"l0": "pixels changed, k", "l0_patch": "patch side, pixels", "l0_frame": "frame width, pixels"}
+#: what a row marked complete means (the marker's tooltip, the boards' footnotes, the page's lede)
+COMPLETE_NOTE = (
+    "every position x every corner colour of one pixel was tried (sparse_rs exhaustive=true, k=1), "
+    "so its robust accuracy is exact for that threat model, not an upper bound"
+)
+
+
 def threat_label(norm: str, eps: float) -> str:
-    """The threat-model string, the same as summary()'s ``threat`` column."""
-    return str(norm) if _isnan(eps) else f"{norm} {format_number(eps)}"
+    """The threat model as a person writes it: ``linf 8/255``, ``l2 0.5``; the sparse ones by
+    their size in pixels: ``l0 k=1``, ``patch 4x4``, ``frame width 2``; the norm alone when
+    unbounded. Every board's threat column (summary(), the defense board's ``worst`` columns, the
+    page's tabs and filters, the exports) is this string."""
+    if _isnan(eps):
+        return str(norm)
+    fmt = SPARSE_LABELS.get(str(norm))
+    return fmt.format(format_number(eps)) if fmt else f"{norm} {format_number(eps)}"
+
+
+def threat_of(r: RunRecord) -> str:
+    """:func:`threat_label` of a record."""
+    return threat_label(r.norm, r.eps)
+
+
+def attack_params(r: RunRecord) -> dict[str, str]:
+    """The record's attack parameters, ``{key: text}``, read from its ``params`` (the attack's
+    ``describe()``: ``key=value`` words, e.g. ``mode=pixels k=1 exhaustive=True``)."""
+    out = {}
+    for word in str(r.params or "").split():
+        key, sep, value = word.partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+def is_complete(r: RunRecord) -> bool:
+    """Whether the run's answer is complete for its threat model, its robust accuracy exact rather
+    than an upper bound: a ``sparse_rs`` run with ``exhaustive=true`` (``mode=pixels``, ``k=1``),
+    which tried every position x every corner colour. Read from the stored params (its
+    ``extra_json`` ``"exhaustive"`` when the params lack the key)."""
+    if r.attack != "sparse_rs":
+        return False
+    params = attack_params(r)
+    if "exhaustive" in params:
+        return params["exhaustive"].lower() == "true"
+    try:
+        extra = json.loads(r.extra_json or "{}")
+    except json.JSONDecodeError:
+        return False
+    return isinstance(extra, dict) and extra.get("exhaustive") is True
+
+
+def complete_mark(v: object) -> str:
+    """The HTML marker of a complete row (``v`` true), with :data:`COMPLETE_NOTE` as its tooltip."""
+    return f'<span class="complete" title="complete: {esc(COMPLETE_NOTE)}">complete ✓</span>' if _true(v) else ""
+
+
+def _true(v: object) -> bool:
+    return isinstance(v, (bool, np.bool_)) and bool(v)
 
 
 def pct(v: float, lo: float | None = None, hi: float | None = None) -> str:
@@ -272,9 +334,9 @@ def columns_for(df: pd.DataFrame) -> list[Column]:
     keeps them)."""
     cols = []
     for c in df.columns:
-        if len(df) and _empty(df[c]):
-            continue
         header, group, kind = KNOWN.get(c, (_friendly(c), _group_of(c), ""))
+        if len(df) and (_empty(df[c]) or (kind == "mark" and not df[c].map(_true).any())):
+            continue
         if kind == "ci" or c.endswith(" by"):
             continue
         cols.append(Column(c, header, group, c))
@@ -302,6 +364,8 @@ def cell(df_row: pd.Series, c: str, n: int | None = None) -> tuple[str, object]:
         return (_number(v, kind), None if _isnan(v) else float(v))
     if kind == "bool":
         return ("" if _isnan(v) else ("yes" if v else "no"), None)
+    if kind == "mark":
+        return (complete_mark(v), None)
     if kind == "sha":
         text = "" if _isnan(v) else str(v)
         return (f'<span title="{esc(text)}">{esc(text[:12])}</span>' if text else "", None)
@@ -369,7 +433,7 @@ def _entity(records: list[RunRecord]) -> Callable[[RunRecord], str]:
 def _curve_points(records: list[RunRecord], summ: pd.DataFrame) -> list[dict]:
     """Worst-case points (dataset, norm, eps, model, defense, acc, lo, hi, clean, n): the summary's
     rows when it has them (its worst case may be per sample), else the lowest record."""
-    budget = {threat_label(r.norm, r.eps): (r.norm, r.eps) for r in records if not _isnan(r.eps)}
+    budget = {threat_of(r): (r.norm, r.eps) for r in records if not _isnan(r.eps)}
     pts = []
     if {"model", "dataset", "defense", "threat", "worst_robust_acc"} <= set(summ.columns):
         for _, row in summ.iterrows():
@@ -448,15 +512,16 @@ def budget_curves(records: list[RunRecord], summ: pd.DataFrame) -> list[str]:
             ys, los, his = ([100 * series[name][x][i] for x in xs] for i in range(3))
             (line,) = ax.plot(xs, ys, marker="o", ms=4, label=name)
             ax.fill_between(xs, los, his, color=line.get_color(), alpha=0.18, lw=0)
-        ax.set_xlabel(f"budget ({norm})")
+        ax.set_xlabel(f"budget ({AXIS_LABELS.get(str(norm), norm)})")
         ax.set_ylabel("robust accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
         ax.set_title(f"{dataset}: worst case over attacks", fontsize=10)
         ax.legend(fontsize=8, frameon=False)
         cap = (
-            f"Robust accuracy vs {norm} budget on {dataset}: the worst case over every attack and variant at each "
-            "budget (as in the table above), budget 0 = clean accuracy; bands: Wilson 95% intervals over the n images."
+            f"Robust accuracy vs budget ({AXIS_LABELS.get(str(norm), norm)}) on {dataset}: the worst case over every "
+            "attack and variant at each budget (as in the table above), budget 0 = clean accuracy; bands: Wilson 95% "
+            "intervals over the n images."
         )
         out.append(
             f'<figure data-filtered="" data-dataset="{esc(dataset)}"><img src="{_png(fig)}" width="538" height="326" '
@@ -501,7 +566,10 @@ def heatmaps(records: list[RunRecord]) -> list[str]:
                     continue
                 bg, fg = _heat_colour(r.robust_acc)
                 tip = f"{a} on {c}: robust accuracy {100 * r.robust_acc:.1f}% ({r.params}, n={r.n})"
-                tds.append(f'<td style="background:{bg};color:{fg}" title="{esc(tip)}">{100 * r.robust_acc:.1f}%</td>')
+                mark = " ✓" if is_complete(r) else ""  # an exact value, not an upper bound
+                if mark:
+                    tip += f"; complete: {COMPLETE_NOTE}"
+                tds.append(f'<td style="background:{bg};color:{fg}" title="{esc(tip)}">{100 * r.robust_acc:.1f}%{mark}</td>')
             body.append(f'<tr><th scope="row">{esc(a)}</th>{"".join(tds)}</tr>')
         out.append(
             f'<figure data-filtered="" data-dataset="{esc(dataset)}" data-threat="{esc(threat)}"><table class="heat">'
@@ -694,7 +762,7 @@ def render_leaderboard(records: list[RunRecord], board: pd.DataFrame, summ: pd.D
     index = _record_index(records)
     n_of_group: dict[tuple, int] = {}
     for r in records:
-        k = (r.model, r.dataset, r.defense, threat_label(r.norm, r.eps))
+        k = (r.model, r.dataset, r.defense, threat_of(r))
         n_of_group[k] = max(n_of_group.get(k, 0), r.n)
     budgets = sorted({(r.norm, math.inf if _isnan(r.eps) else r.eps) for r in records})
     threats = list(dict.fromkeys(threat_label(norm, math.nan if eps == math.inf else eps) for norm, eps in budgets))
@@ -741,7 +809,7 @@ def render_leaderboard(records: list[RunRecord], board: pd.DataFrame, summ: pd.D
         r = index.get((row["config_hash"], row.get("variant", "standard")))
         a = {k: str(row[k]) for k in ("model", "dataset", "defense") if k in row.index}
         if r is not None:
-            a["threat"] = threat_label(r.norm, r.eps)
+            a["threat"] = threat_of(r)
         return a
 
     rows = []
@@ -779,6 +847,12 @@ def render_leaderboard(records: list[RunRecord], board: pd.DataFrame, summ: pd.D
         f"{len(records)} runs of {len(models)} model(s). Percentages with a Wilson 95% interval over the images scored. "
         "A robust accuracy is an upper bound: a stronger attack can only lower it. Click a header to sort."
     )
+    if any(is_complete(r) for r in records):
+        lede += (
+            " Runs marked complete (the Complete column, ✓ in the heatmaps) are the exhaustive one-pixel check: "
+            f"{COMPLETE_NOTE}. The worst case per threat model stays an upper bound: l0 k=1 also allows colours "
+            "off the corners (onepixel)."
+        )
     return page("fragility leaderboard", "".join(parts), lede=esc(lede))
 
 
@@ -812,10 +886,10 @@ def render_model_page(model: str, records: list[RunRecord], out_dir: Path) -> st
         items = [
             ("dataset", esc(r.dataset)),
             ("defense", esc(r.defense)),
-            ("threat model", esc(threat_label(r.norm, r.eps))),
+            ("threat model", esc(threat_of(r))),
             ("attack", esc(f"{r.attack} {r.params}") + ("" if r.variant == "standard" else f" [{esc(r.variant)}]")),
             ("clean accuracy", pct(r.clean_acc, *acc_ci(r.clean_acc, r.n))),
-            ("robust accuracy", pct(r.robust_acc, lo, hi)),
+            ("robust accuracy", pct(r.robust_acc, lo, hi) + (f" {complete_mark(True)}" if is_complete(r) else "")),
             ("checkpoint sha256", esc(prov["weights_sha256"]) or '<span class="muted">not recorded</span>'),
             ("flags", esc(prov["flags"]) or '<span class="muted">none</span>'),
             ("seed", esc(r.seed)),
@@ -836,7 +910,7 @@ def render_model_page(model: str, records: list[RunRecord], out_dir: Path) -> st
         note = "" if r.variant == "standard" else f" (one run scores every variant, {esc(r.variant)} included)"
         pics = thumbs(figure_links(r, out_dir), prefix="../", cls="pic")
         parts.append(
-            f'<section class="run" id="{esc(anchor)}"><h2>{esc(r.attack)} · {esc(threat_label(r.norm, r.eps))} · '
+            f'<section class="run" id="{esc(anchor)}"><h2>{esc(r.attack)} · {esc(threat_of(r))} · '
             f"{esc(r.dataset)} · {esc(r.defense)}{'' if r.variant == 'standard' else ' · ' + esc(r.variant)}</h2>"
             f'<dl class="prov">{dl}</dl><p>Rerun{note}:</p><pre><code>{esc(rerun_command(r, str(out_dir)))}</code></pre>'
             f"<details><summary>resolved config</summary><pre>{esc(cfg)}</pre></details>"
@@ -890,6 +964,7 @@ def export_records(records: list[RunRecord]) -> dict[str, dict]:
                     "variant": r.variant,
                     "params": r.params,
                     "robust_acc": _p(r.robust_acc),
+                    "complete": is_complete(r),  # exhaustive: exact for its threat model, not an upper bound
                     "success_rate": _p(r.success_rate),
                     "success_ci95": [_p(r.success_ci_low), _p(r.success_ci_high)],
                     "mean_queries": None if _isnan(r.mean_queries) else float(r.mean_queries),

@@ -47,7 +47,7 @@ from fragility.benchmarks.config import check_config, safe_instantiate
 from fragility.benchmarks.escalation import EscalationSettings, attack_with, eot_model, plan
 from fragility.benchmarks.explain import explain_figures
 from fragility.benchmarks.figures import run_figures
-from fragility.benchmarks.leaderboard import COLUMNS, defense_leaderboard, log_wandb_table, write_leaderboards
+from fragility.benchmarks.leaderboard import board_row, defense_leaderboard, log_wandb_table, write_leaderboards
 from fragility.benchmarks.metrics import METRIC_FIELDS, compute_metrics, perturbation_norms
 from fragility.benchmarks.provenance import config_hash, now, versions
 from fragility.benchmarks.record import RunRecord
@@ -430,7 +430,7 @@ class Trial:
             suffix = "" if record.variant == "standard" else f"-{record.variant}"
             name = f"{record.model}-{record.attack}{suffix}-{record.config_hash[:8]}"
             logger.start(self.resolved, name=name, results_dir=self.results_dir)
-            logger.log_run(metrics, {c: getattr(record, c) for c in COLUMNS}, dict(ctx.figures))
+            logger.log_run(metrics, board_row(record), dict(ctx.figures))
             if self.defense is not None:
                 log_wandb_table(logger, defense_leaderboard(self.store.records()))
         finally:

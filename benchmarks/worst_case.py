@@ -27,8 +27,8 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from fragility.benchmarks.checks import parse_flags
+from fragility.benchmarks.page import threat_of
 from fragility.benchmarks.record import RunRecord
-from fragility.budget import format_number
 from fragility.stats import wilson_interval
 
 GROUP = ["model", "weights_sha256", "dataset", "defense", "threat", "seed", "n"]
@@ -47,8 +47,9 @@ COLUMNS = [
 
 
 def threat(r: RunRecord) -> str:
-    """``linf 0.3``: the threat model of a record (the norm alone when unbounded)."""
-    return str(r.norm) if isinstance(r.eps, float) and math.isnan(r.eps) else f"{r.norm} {format_number(r.eps)}"
+    """``linf 0.3``, ``l0 k=1``: the threat model of a record, the one label every board uses
+    (:func:`fragility.benchmarks.page.threat_label`)."""
+    return threat_of(r)
 
 
 def label(r: RunRecord) -> str:
