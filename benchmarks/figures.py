@@ -299,11 +299,41 @@ def patch_figures(ctx, attack) -> dict[str, Path]:
     return figs
 
 
+def style_panel(content, texture, stylized, class_names, y_shape, y_texture, path, title: str = "") -> Path:
+    """Three rows: content | style (texture) | stylized, labelled with the classes (a texture of
+    unknown class, label -1, is a "painting"). Also the picture of a cue-conflict set
+    (``fragility-style``)."""
+    name = lambda i: class_names[int(i)] if 0 <= int(i) < len(class_names) else "painting"
+    k = len(content)
+    titles = [f"content {name(y)}" for y in y_shape] + [f"style {name(y)}" for y in y_texture] + ["stylized"] * k
+    return image_grid(torch.cat([content, texture, stylized]), titles, path, title=title, cols=k)
+
+
+def stylize_figures(ctx, attack) -> dict[str, Path]:
+    """Content | style | stylized for the run's first attacked examples (``texture`` extras)."""
+    ex, res = ctx.examples, ctx.result
+    if not _has_examples(ctx) or res is None or "texture" not in res.extras:
+        return {}
+    k = len(ex["clean"])
+    path = style_panel(
+        ex["clean"],
+        res.extras["texture"][:k].cpu(),
+        ex["adv"],
+        ctx.model.class_names,
+        ex["labels"],
+        res.extras["texture_label"][:k].cpu(),
+        Path(ctx.run_dir) / "stylize.png",
+        title=f"{ctx.model.name} / stylize {attack.describe()}",
+    )
+    return {"stylize": path}
+
+
 #: pictures particular to an attack, keyed by ``attack.name``; each gets the run context and attack
 ATTACK_FIGURES: dict[str, Callable[..., dict[str, Path]]] = {
     "onepixel": onepixel_figures,
     "fooling": fooling_figures,
     "patch": patch_figures,
+    "stylize": stylize_figures,
 }
 
 

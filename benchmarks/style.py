@@ -31,28 +31,25 @@ import json
 import logging
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import hydra
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
 from fragility.attacks.shape_bias import build_cue_conflict, read_meta, save_cue_conflict
 from fragility.attacks.style_transfer import FeatureExtractor
 from fragility.benchmarks.config import safe_instantiate
-from fragility.benchmarks.figures import image_grid, save_figure
+from fragility.benchmarks.figures import save_figure, style_panel
 from fragility.benchmarks.record import RunRecord
 from fragility.benchmarks.runner import resolve_device
-from fragility.errors import ConfigError, FragilityError
+from fragility.errors import ConfigError
 
 log = logging.getLogger(__name__)
 TRANSFER_KEYS = ("steps", "lr", "content_weight", "style_weight", "init")
@@ -181,35 +178,6 @@ def quality(cc) -> dict[str, float]:
     }
 
 
-def style_panel(content, texture, stylized, class_names, y_shape, y_texture, path, title: str = "") -> Path:
-    """Three rows: content | style (texture) | stylized, labelled with the classes."""
-    name = lambda i: class_names[int(i)] if 0 <= int(i) < len(class_names) else "painting"
-    k = len(content)
-    titles = [f"content {name(y)}" for y in y_shape] + [f"style {name(y)}" for y in y_texture] + ["stylized"] * k
-    return image_grid(torch.cat([content, texture, stylized]), titles, path, title=title, cols=k)
-
-
-def stylize_figures(ctx, attack) -> dict[str, Path]:
-    """Runner picture of ``attack=stylize``: content | style | stylized for the first examples."""
-    ex, res = ctx.examples, ctx.result
-    if not ex or res is None or "texture" not in res.extras or not len(ex["clean"]):
-        return {}
-    k = len(ex["clean"])
-    tex = res.extras["texture"][:k]
-    labels = res.extras["texture_label"][:k]
-    path = style_panel(
-        ex["clean"],
-        tex,
-        ex["adv"],
-        ctx.model.class_names,
-        ex["labels"],
-        labels,
-        ctx.run_dir / "stylize.png",
-        title=f"{ctx.model.name} / stylize {attack.describe()}",
-    )
-    return {"stylize": path}
-
-
 # ---- scoring through the runner ----------------------------------------------------------------
 def runner_config(cfg: DictConfig, overrides: list[str], **nodes: Any) -> DictConfig:
     """The main app's config for ``overrides`` with this app's model, logger and top-level keys."""
@@ -221,6 +189,7 @@ def runner_config(cfg: DictConfig, overrides: list[str], **nodes: Any) -> DictCo
         run_cfg.logger = cfg.logger
         for key in ("seed", "batch_size", "device", "results_dir", "force", "progress", "allowed_targets"):
             run_cfg[key] = cfg[key]
+        run_cfg.results_db = cfg.get("results_db")  # +results_db=URL: the runs and the curve use that store
         for key, value in nodes.items():
             OmegaConf.update(run_cfg, key, value, merge=False, force_add=True)
     return run_cfg
@@ -260,7 +229,7 @@ def run_curve(cfg: DictConfig) -> list[RunRecord]:
         records.append(run(runner_config(cfg, over, **nodes)))
     from fragility.benchmarks.store import ResultStore
 
-    path = curve_figure(ResultStore(cfg.results_dir).records(), Path(cfg.results_dir) / "style" / "stylization_curve.png")
+    path = curve_figure(ResultStore.for_config(cfg).records(), Path(cfg.results_dir) / "style" / "stylization_curve.png")
     print(f"[fragility-style] curve: {path}")
     return records
 
@@ -287,28 +256,23 @@ def curve_figure(records: list[RunRecord], path: str | Path, title: str = "accur
     return save_figure(fig, path)
 
 
-@hydra.main(config_path="pkg://fragility.conf", config_name="style", version_base="1.3")
-def _app(cfg: DictConfig) -> None:
+def style(cfg: DictConfig) -> None:
+    """The app's body: build / score / curve as ``mode`` says."""
     logging.getLogger("fragility").setLevel(logging.INFO)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    try:
-        mode = str(cfg.mode)
-        if mode not in ("shape_bias", "build", "curve"):
-            raise ConfigError(f"unknown mode {mode!r} (shape_bias, build, curve)")
-        if mode == "curve":
-            run_curve(cfg)
-            return
-        path = build_set(cfg)
-        if mode == "shape_bias":
-            score_shape_bias(cfg, path)
-    except FragilityError as e:
-        print(f"fragility-style: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OmegaConfBaseException as e:
-        print(f"fragility-style: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
+    mode = str(cfg.mode)
+    if mode not in ("shape_bias", "build", "curve"):
+        raise ConfigError(f"unknown mode {mode!r} (shape_bias, build, curve)")
+    if mode == "curve":
+        run_curve(cfg)
+        return
+    path = build_set(cfg)
+    if mode == "shape_bias":
+        score_shape_bias(cfg, path)
 
 
 def main() -> None:
-    _app()
+    from fragility.benchmarks.apps import console_app
+
+    console_app("style", "fragility-style", style)
