@@ -1,16 +1,24 @@
-"""One way to start a console app on a Hydra config: errors a user can fix are one line and exit 2."""
+"""One way to start a console app on a Hydra config: errors a user can fix are one line and exit 2.
+
+Every app (``fragility``, ``fragility-train``, ``fragility-visualize``, ``fragility-style``) goes
+through :func:`gate` before Hydra acts: :func:`precheck` (overrides Hydra's grammar rejects, unknown
+config-group choices) and :func:`pregate` (the config composed as Hydra is about to, then the
+instantiate gate on it), each failure one line ``<prog>: error: ...`` and exit 2.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from fragility.errors import FragilityError
+from fragility.benchmarks.config import GROUPS, check_group_choice
+from fragility.errors import ConfigError, FragilityError
 
 
 def fail(prog: str, msg: str) -> None:
@@ -18,8 +26,77 @@ def fail(prog: str, msg: str) -> None:
     sys.exit(2)
 
 
+def precheck(argv: list[str]) -> None:
+    """Overrides that Hydra's grammar rejects, and unknown config-group names (also with a package,
+    ``dataset@content=...``), get one line (before Hydra's multi-line messages)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    except OverrideParseException as e:
+        raise ConfigError(f"cannot parse the override: {str(e).splitlines()[0]} (quote values with special characters)") from None
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, _, value = arg.lstrip("+~").partition("=")
+        group = key.partition("@")[0]
+        if group in GROUPS and value and not any(ch in value for ch in "()[]{}$"):
+            for choice in value.split(","):
+                check_group_choice(group, choice.strip())
+
+
+def pregate(argv: list[str], config_name: str) -> None:
+    """Compose the config the way Hydra is about to (first job of a sweep) and run the gate on
+    it before Hydra acts: callbacks, logging factories, output folders
+    (:func:`~fragility.benchmarks.config.check_hydra`) and every ``_target_``
+    (:func:`~fragility.benchmarks.config.check_config`). Hydra's multi-line composition errors
+    become one line here."""
+    from hydra import compose, initialize_config_module
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    from fragility.benchmarks.config import check_config, check_hydra, first_job_overrides
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.help or args.hydra_help or args.shell_completion or args.info:
+        return
+    overrides = first_job_overrides(list(args.overrides))
+    if args.config_dir:
+        overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).absolute()}]")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("fragility.conf", version_base="1.3"):
+            cfg = compose(args.config_name or config_name, overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        text = str(e).strip()
+        raise ConfigError(text.splitlines()[0] if text else type(e).__name__) from None
+    finally:
+        GlobalHydra.instance().clear()
+    check_hydra(cfg)
+    try:
+        check_config(cfg)
+    except FragilityError as e:
+        if not str(e).startswith("cannot resolve"):
+            raise
+        # a value that only resolves inside the run (${hydra:...}); the app checks it again before any work
+
+
+def gate(prog: str, config_name: str, argv: list[str]) -> None:
+    """:func:`precheck` and :func:`pregate` of ``argv`` against ``conf/<config_name>.yaml``; a
+    failure is one line ``<prog>: error: ...`` and exit 2."""
+    try:
+        precheck(argv)
+        pregate(argv, config_name)
+    except FragilityError as e:
+        fail(prog, str(e))
+
+
 def console_app(config_name: str, prog: str, body: Callable[[DictConfig], Any]) -> None:
-    """Compose ``conf/<config_name>.yaml`` with the command line and run ``body(cfg)``."""
+    """Gate the command line (:func:`gate`), compose ``conf/<config_name>.yaml`` with it and run
+    ``body(cfg)``."""
+    gate(prog, config_name, sys.argv[1:])
 
     @hydra.main(config_path="pkg://fragility.conf", config_name=config_name, version_base="1.3")
     def _app(cfg: DictConfig) -> None:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from fragility.benchmarks.config import GROUPS, check_group_choice
-from fragility.errors import ConfigError, FragilityError
+from fragility.benchmarks.apps import gate
+from fragility.errors import FragilityError
 
 DEMO_ARGS = ["-m", "attack=fgsm,pgd"]
 
@@ -24,25 +23,6 @@ DEMO_ARGS = ["-m", "attack=fgsm,pgd"]
 def _fail(msg: str) -> None:
     print(f"fragility: error: {msg}", file=sys.stderr)
     sys.exit(2)
-
-
-def _precheck(argv: list[str]) -> None:
-    """Overrides that Hydra's grammar rejects, and unknown config-group names, get one line (before
-    Hydra's multi-line messages)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    try:
-        OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
-    except OverrideParseException as e:
-        raise ConfigError(f"cannot parse the override: {str(e).splitlines()[0]} (quote values with special characters)") from None
-    for arg in argv:
-        if arg.startswith("-") or "=" not in arg:
-            continue
-        key, _, value = arg.lstrip("+~").partition("=")
-        if key in GROUPS and value and not any(ch in value for ch in "()[]{}$"):
-            for choice in value.split(","):
-                check_group_choice(key, choice.strip())
 
 
 @hydra.main(config_path="pkg://fragility.conf", config_name="config", version_base="1.3")
@@ -66,51 +46,10 @@ def _app(cfg: DictConfig) -> None:
     print(f"[fragility] leaderboards written to {cfg.results_dir}/leaderboard.{{csv,md,html}}")
 
 
-def _pregate(argv: list[str], config_name: str) -> None:
-    """Compose the config the way Hydra is about to (first job of a sweep) and run the gate on
-    it before Hydra acts: callbacks, logging factories, output folders
-    (:func:`~fragility.benchmarks.config.check_hydra`) and every ``_target_``
-    (:func:`~fragility.benchmarks.config.check_config`). Hydra's multi-line composition errors
-    become one line here."""
-    from hydra import compose, initialize_config_module
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-
-    from fragility.benchmarks.config import check_config, check_hydra, first_job_overrides
-
-    args, _ = get_args_parser().parse_known_args(argv)
-    if args.help or args.hydra_help or args.shell_completion or args.info:
-        return
-    overrides = first_job_overrides(list(args.overrides))
-    if args.config_dir:
-        overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).absolute()}]")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module("fragility.conf", version_base="1.3"):
-            cfg = compose(args.config_name or config_name, overrides, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException, ValueError) as e:
-        text = str(e).strip()
-        _fail(text.splitlines()[0] if text else type(e).__name__)
-    finally:
-        GlobalHydra.instance().clear()
-    check_hydra(cfg)
-    try:
-        check_config(cfg)
-    except FragilityError as e:
-        if not str(e).startswith("cannot resolve"):
-            raise
-        # a value that only resolves inside the run (${hydra:...}); run() checks it again before any work
-
-
 def main() -> None:
     if len(sys.argv) == 1:
         sys.argv += DEMO_ARGS
-    try:
-        _precheck(sys.argv[1:])
-        _pregate(sys.argv[1:], "config")
-    except FragilityError as e:
-        _fail(str(e))
+    gate("fragility", "config", sys.argv[1:])  # one line and exit 2 before Hydra acts (benchmarks/apps.py)
     _app()
 
 
