@@ -46,6 +46,9 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=0.02, help="gaussian_noise sigma (resnet20 keeps most accuracy at 0.02)")
     ap.add_argument("--shared", default=os.environ.get("FRAGILITY_SHARED", str(REPO.parent / "shared")))
     ap.add_argument("--results", default=str(REPO / "results" / "bench_defenses"))
+    ap.add_argument(
+        "--results-db", default=None, help="a SQLAlchemy URL for the results store (results_db=; default: SQLite in --results)"
+    )
     ap.add_argument("--checkpoint", default=None, help="adversarially trained resnet20 state dict (adds PGD-20 rows)")
     ap.add_argument("--smoothing-checkpoint", default=None, help="noise-trained resnet20 for randomized smoothing")
     ap.add_argument("--smoothing-sigma", type=float, default=0.25)
@@ -63,6 +66,8 @@ def main() -> None:
     model = ["model=cifar_resnet", f"model.checkpoint={shared / 'models/cifar10/resnet20-12fca82f.th'}"]
     data = ["dataset=cifar10_npz", f"dataset.path={shared / 'data/cifar10/test.npz'}"]
     base = [f"results_dir={args.results}", "logger=none", "progress=false", "batch_size=250", "device=cpu", *model, *data]
+    if args.results_db:
+        base.append(f"results_db={args.results_db}")
     pgd = ["attack=pgd", f"attack.eps={args.eps}", f"attack.steps={args.steps}"]
     pgd20 = ["attack=pgd", f"attack.eps={args.eps}", "attack.steps=20"]
     jobs: list[tuple[str, list[str]]] = [
@@ -112,7 +117,7 @@ def main() -> None:
             flush=True,
         )
 
-    recs = ResultStore(args.results).records()
+    recs = ResultStore.for_config(compose(base)).records()  # the store the runs wrote to (results_db= when given)
     rows = {}
     for r in recs:
         key = (r.defense, r.params)
