@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torchvision.transforms.v2.functional import gaussian_blur
 
 from fragility.errors import ConfigError
 from fragility.rng import SampleRNG
@@ -76,6 +75,10 @@ class Blur(Prior):
             return x
         side = min(x.shape[-2:])
         k = min(2 * math.ceil(3 * self.sigma) + 1, side - 1 if side % 2 == 0 else side)  # odd, fits the image
+        # imported here: any torchvision import loads torch._dynamo (~1 s), which every process of a
+        # sweep would pay although most runs never blur
+        from torchvision.transforms.v2.functional import gaussian_blur
+
         return gaussian_blur(x, [k, k], [self.sigma, self.sigma]) if k >= 3 else x
 
 

@@ -162,16 +162,21 @@ class Square(LpAttack):
         n, c, h, w = x.shape
         s = max(round(math.sqrt(self.p_schedule(it) * h * w)), 1)
         s = min(s, h - 1, w - 1) if min(h, w) > 1 else 1
-        vh = _position(rng, idx, h - s + 1, x.device)
-        vw = _position(rng, idx, w - s + 1, x.device)
+        # one draw per step for the window and three colour tries: each draw is ~30 small tensor ops,
+        # which at the small batches of a robust model's survivors cost about as much as the forward pass
+        u = rng.uniform(2 + 3 * c, idx=idx).to(x.device)
+        vh = (u[:, 0] * (h - s + 1)).long().clamp_max(h - s)
+        vw = (u[:, 1] * (w - s + 1)).long().clamp_max(w - s)
         mask = window_mask(vh, vw, s, h, w)
         new = best
         pending = torch.ones(n, dtype=torch.bool, device=x.device)
-        for _ in range(3):  # a new colour that changes nothing wastes a query: draw again
-            signs = torch.where(rng.uniform(c, 1, 1, idx=idx) < 0.5, -1.0, 1.0).to(x)
+        for t in range(3):  # a new colour that changes nothing wastes a query: try the next one
+            signs = torch.where(u[:, 2 + t * c : 2 + (t + 1) * c] < 0.5, -1.0, 1.0).to(x).view(n, c, 1, 1)
             cand = torch.where(mask, (x + self.eps * signs).clamp(0, 1), best)
             new = torch.where(pending.view(-1, 1, 1, 1), cand, new)
             pending = pending & ((new - best).abs().flatten(1).amax(1) < 1e-7)
+            if not bool(pending.any()):
+                break
         return new
 
     def _propose_l2(self, x, best, it, rng, idx):

@@ -7,10 +7,11 @@ import json
 import re
 import subprocess
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
 from pathlib import Path
 
 import torch
-import torchvision
 
 import fragility
 from fragility.budget import parse_number
@@ -71,11 +72,19 @@ def git_commit() -> str:
     return ""
 
 
+def _version(dist: str) -> str:
+    """A package's installed version without importing it (importing torchvision costs ~1 s)."""
+    try:
+        return _dist_version(dist)
+    except PackageNotFoundError:
+        return ""
+
+
 def versions() -> dict[str, str]:
     return {
         "fragility_version": fragility.__version__,
         "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
+        "torchvision_version": _version("torchvision"),
         "git_commit": git_commit(),
     }
 

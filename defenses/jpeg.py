@@ -13,7 +13,6 @@ Example::
 from __future__ import annotations
 
 import torch
-from torchvision.io import decode_jpeg, encode_jpeg
 
 from fragility.defenses.base import Defense
 from fragility.errors import ConfigError
@@ -40,6 +39,8 @@ class JPEG(Defense):
 
     def transform(self, x, generator=None):
         u8 = (x.detach() * 255).round_().clamp_(0, 255).to("cpu", torch.uint8)
+        from torchvision.io import decode_jpeg, encode_jpeg  # on first use: importing torchvision costs ~1 s
+
         decoded = decode_jpeg(encode_jpeg(list(u8), quality=self.quality))
         out = torch.stack(decoded).to(x.device, x.dtype).div_(255.0)
         return zero_gradient(x, out)

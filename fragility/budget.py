@@ -36,9 +36,12 @@ def parse_budget(value: float | int | str, name: str = "eps") -> float:
 
 def format_number(x: float) -> str:
     """Render 0.0313725... as ``8/255`` when it is a k/255 fraction below 1 (an 8-bit pixel
-    budget), else compactly (``1``, ``0.5``, ``1e+09``)."""
+    budget) with no short decimal spelling, else compactly (``0.2``, ``1``, ``0.5``, ``1e+09``):
+    ``0.2`` is also ``51/255``, and the user who typed it reads it as ``0.2``."""
     if x == 0:
         return "0"
+    if abs(x * 1000 - round(x * 1000)) < 1e-9:  # at most three decimals: the decimal is the short form
+        return f"{x:g}"
     k = x * 255
     if 0 < round(k) < 255 and abs(k - round(k)) < 1e-6:
         return f"{round(k)}/255"

@@ -247,7 +247,7 @@ def test_runner_scores_plain_and_bpda_variants(cfg_factory):
     assert row["defense"] == "bit_depth(bits=3)"
     cols = [c for c in board.columns if c.startswith("pgd ")]
     assert len(cols) == 2 and any("[adaptive]" in c for c in cols)
-    assert row["worst linf 51/255"] == pytest.approx(by["adaptive"].robust_acc)
+    assert row["worst linf 0.2"] == pytest.approx(by["adaptive"].robust_acc)
     assert (Path(cfg.results_dir) / "defense_leaderboard.md").read_text().count("[adaptive]") >= 1
     again = run(cfg)  # both variants stored: skipped
     assert again.config_hash == worst.config_hash and len(ResultStore(cfg.results_dir).records()) == 2

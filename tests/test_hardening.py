@@ -348,6 +348,7 @@ def test_equal_budgets_hash_equal_and_huge_eps_displays():
     assert config_hash({"attack": {"eps": "8/255"}}) == config_hash({"attack": {"eps": 8 / 255}})
     assert config_hash({"attack": {"eps": 0.1}}) != config_hash({"attack": {"eps": 0.2}})
     assert format_number(1e9) == "1e+09" and format_number(8 / 255) == "8/255" and format_number(1.0) == "1"
+    assert format_number(0.2) == "0.2" and format_number(51 / 255) == "0.2" and format_number(2 / 255) == "2/255"
 
 
 def test_leaderboard_files_are_world_readable(env):
