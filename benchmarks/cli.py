@@ -8,6 +8,7 @@ Errors a user can fix are printed as one line (``fragility: error: ...``) with e
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import hydra
@@ -50,7 +51,32 @@ def main() -> None:
     if len(sys.argv) == 1:
         sys.argv += DEMO_ARGS
     gate("fragility", "config", sys.argv[1:])  # one line and exit 2 before Hydra acts (benchmarks/apps.py)
-    _app()
+    if {"-m", "--multirun"} & set(sys.argv[1:]) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        _sweep()
+    else:
+        _app()
+
+
+def _sweep() -> None:
+    """A sweep. Its jobs contain their own failures (benchmarks/sweep.py); what fails outside them
+    (a launcher whose worker process died, a later job's config that Hydra cannot compose) is one
+    line here instead of Hydra's traceback, and the rows already written stay as they are."""
+    from hydra.errors import HydraException
+
+    from fragility.benchmarks.sweep import one_line
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own report
+    try:
+        _app()
+    except (FragilityError, HydraException, OmegaConfBaseException) as e:
+        _fail(one_line(e))
+    except Exception as e:  # the launcher's own failure: a killed worker, a lost cluster
+        print(
+            f"fragility: error: the sweep stopped: {one_line(e)}. The rows already written are kept; "
+            "rerun the same command to run only what is missing.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
 
 
 @hydra.main(config_path="pkg://fragility.conf", config_name="leaderboard", version_base="1.3")

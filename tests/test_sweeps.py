@@ -179,3 +179,46 @@ def test_gpu_claims_are_exclusive(tmp_path, monkeypatch):
         )
         other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert (a, int(other.stdout)) == (0, 1)
+
+
+def test_a_killed_worker_is_one_line_and_the_rerun_completes(tmp_path, digits_model):
+    """A joblib worker killed mid-sweep (SIGKILL): one line, exit 1, the rows written stay; the rerun
+    runs only the missing jobs, and every row is there once."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs the parallel extra: pip install -e '.[parallel]'")
+    import signal
+    import time
+
+    results = tmp_path / "results"
+    args = [*FRAGILITY, "-m", f"results_dir={results}", "attack=pgd", "attack.eps=0.1,0.2,0.3", "seed=0,1"]
+    args += [
+        "n_samples=200",
+        "logger=none",
+        "progress=false",
+        "escalate=false",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+    ]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "FRAGILITY_THREADS": "1"}
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    killed, t0 = None, time.time()
+    while killed is None and p.poll() is None and time.time() - t0 < 240:
+        ps = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout.splitlines()
+        workers = [int(ln.split()[0]) for ln in ps if int(ln.split()[1]) == p.pid and "popen_loky" in ln]
+        if workers:
+            time.sleep(1.0)  # inside its imports or its first job
+            os.kill(workers[0], signal.SIGKILL)
+            killed = workers[0]
+        time.sleep(0.1)
+    _out, err = p.communicate(timeout=240)
+    assert killed is not None, "no joblib worker was seen"
+    assert p.returncode == 1, err[-2000:]
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("fragility: error:")]
+    assert len(lines) == 1 and "the sweep stopped" in lines[0] and "rerun the same command" in lines[0]
+    before = rows(results) if (results / "results.sqlite").is_file() else {}
+    assert all(v == ("done", 200) for v in before.values())
+    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    after = rows(results)
+    assert len(after) == 6 and all(v == ("done", 200) for v in after.values())
+    assert f"({6 - len(before)} done, {len(before)} skipped, 0 failed)" in again.stdout

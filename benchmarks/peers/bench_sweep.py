@@ -144,7 +144,7 @@ def compare_pg_sqlite(out: Path, n: int, steps: int, pg_url: str) -> dict:
 
 
 def _ray_job_pids() -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     return [int(line.split()[0]) for line in out.splitlines() if "ray::_run_job" in line]
 
 
