@@ -272,7 +272,8 @@ class Trial:
                 )
             result, examples, norms, seconds = self._attack_all(variant)
             flags = self._checks(result)
-        record = self._record(variant, config_hash, result, examples, norms, seconds, flags=format_flags(flags))
+        stored = "; ".join(f for f in [*self.output_flags, _nonfinite_flag(result), format_flags(flags)] if f)
+        record = self._record(variant, config_hash, result, examples, norms, seconds, flags=stored)
         escalated = self._escalate(variant, config_hash, flags) if flags else None
         return record if escalated is None else worst_record([record, escalated])
 
@@ -518,6 +519,15 @@ def _samples_frame(data, clean_pred, attacked, result, targets_all, norms, attac
     return frame
 
 
+def _nonfinite_flag(result: AttackResult | None) -> str:
+    """``nonfinite_logits k/n`` when the model's logits turned NaN/Inf on k attacked images (those
+    count as failed attacks: the row's robustness says nothing about them)."""
+    bad = None if result is None else result.extras.get("nonfinite_logits")
+    if not torch.is_tensor(bad) or not bool(bad.any()):
+        return ""
+    return f"nonfinite_logits {int(bad.sum())}/{len(bad)}"
+
+
 def _finite_or_none(v):
     """Strict JSON: a non-finite float (e.g. FAB's norm when it found nothing) is stored as null."""
     return None if isinstance(v, float) and not math.isfinite(v) else v
@@ -526,6 +536,8 @@ def _finite_or_none(v):
 def _sample_extras(n: int, attacked: torch.Tensor, result: AttackResult | None, attack) -> list[str | None]:
     """One JSON object per sample of the attack's ``sample_extras`` (None for samples not attacked)."""
     names = [k for k in getattr(attack, "sample_extras", ()) if result is not None and k in result.extras]
+    if result is not None and bool(result.extras.get("nonfinite_logits", torch.zeros(0, dtype=torch.bool)).any()):
+        names.append("nonfinite_logits")  # which samples turned the model's logits NaN/Inf (attacks/base.py)
     out: list[str | None] = [None] * n
     if not names:
         return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -326,6 +327,8 @@ def test_constant_output_is_flagged_not_a_traceback(env):
     assert code == 0, err
     assert "Traceback" not in err
     assert "constant_output 16/16" in out
+    (rec,) = ResultStore(results).records()
+    assert "constant_output 16/16" in rec.flags  # stored with the row, not only printed
 
 
 def test_non_finite_logits_under_attack_are_failed_and_flagged(env):
@@ -338,6 +341,8 @@ def test_non_finite_logits_under_attack_are_failed_and_flagged(env):
     s = ResultStore(results).samples(rec.config_hash)
     attacked = s[s["clean_pred"] == s["label"]]
     assert attacked["success"].eq(0).all() and attacked["pred_conf"].isna().all()
+    assert all(json.loads(e)["nonfinite_logits"] for e in attacked["extras"])
+    assert f"nonfinite_logits {rec.n_attacked}/{rec.n_attacked}" in rec.flags
 
 
 def test_equal_budgets_hash_equal_and_huge_eps_displays():
