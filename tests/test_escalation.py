@@ -124,6 +124,9 @@ def test_masked_model_is_flagged_escalated_and_reported_near_truth(kind, digits_
     assert escalated.flags == ""  # the flags stay on the original row
     assert escalated.attack == ("pgd" if kind == "noise" else "square")
     assert reported.robust_acc == min(standard.robust_acc, escalated.robust_acc)
+    again = run(cfg)  # already stored: the rerun reports the same worst case, escalated row included
+    assert (again.config_hash, again.robust_acc) == (reported.config_hash, reported.robust_acc)
+    assert len(ResultStore(cfg.results_dir).records()) == len(recs)
     # "true" robustness: attacks that see through the trick, on the images the run attacked
     d = Digits("test").load(48, 0)
     ref = _reference(digits_model, kind, amount, d.images(slice(0, len(d))), d.y)
