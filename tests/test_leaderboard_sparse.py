@@ -13,6 +13,7 @@ import math
 import html5lib
 import pandas as pd
 import pytest
+from records import make_run_record
 
 from fragility.attacks.onepixel import OnePixel
 from fragility.attacks.sparse_rs import SparseRS
@@ -28,40 +29,11 @@ EVIL = '<script>alert("x")</script>'
 def record(i: int, attack, *, robust: float, defense: str = "none", **kw) -> RunRecord:
     """A record as the runner writes it for ``attack`` (name, describe(), norm, budget)."""
     eps = attack.budget
-    base = dict(
-        config_hash=f"{i:016x}",
-        model="digits_cnn",
-        dataset="digits-test",
-        defense=defense,
-        attack=attack.name,
-        params=attack.describe(),
-        norm=str(attack.norm or "none"),
-        eps=math.nan if eps is None else float(eps),
-        targeted=False,
-        n=50,
-        clean_acc=0.96,
-        robust_acc=robust,
-        n_attacked=48,
-        success_rate=0.5,
-        success_ci_low=0.36,
-        success_ci_high=0.64,
-        mean_queries=100.0,
-        mean_linf=1.0,
-        mean_l2=1.0,
-        mean_l0=1.0,
-        mean_conf=0.8,
-        mean_true_conf=0.2,
-        seconds=1.0,
-        seed=0,
-        device="cpu",
-        timestamp="2026-01-01T00:00:00+00:00",
-        fragility_version="0.1.0",
-        torch_version="2.x",
-        torchvision_version="0.x",
-        git_commit="abc",
-    )
-    base.update(kw)
-    return RunRecord(**base)
+    fields = dict(config_hash=f"{i:016x}", model="digits_cnn", dataset="digits-test", defense=defense, attack=attack.name)
+    fields |= dict(params=attack.describe(), norm=str(attack.norm or "none"), eps=math.nan if eps is None else float(eps))
+    fields |= dict(n=50, clean_acc=0.96, robust_acc=robust, n_attacked=48, success_ci_low=0.36, success_ci_high=0.64)
+    fields |= dict(mean_queries=100.0, mean_linf=1.0)
+    return make_run_record(**(fields | kw))
 
 
 def pgd(eps: float = 8 / 255):

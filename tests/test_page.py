@@ -12,6 +12,7 @@ import html5lib
 import pytest
 from conftest import compose
 from omegaconf import OmegaConf
+from records import make_run_record
 
 from fragility.benchmarks import page
 from fragility.benchmarks.leaderboard import write_leaderboards
@@ -22,41 +23,10 @@ EVIL = '<script>alert("x")</script>&"\''
 
 
 def make_record(i: int, *, model="m", defense="none", attack="pgd", eps=0.1, robust=0.5, variant="standard", **kw) -> RunRecord:
-    base = dict(
-        config_hash=f"{i:016x}",
-        model=model,
-        dataset="digits-test",
-        defense=defense,
-        attack=attack,
-        params=f"norm=linf eps={eps}",
-        norm="linf",
-        eps=eps,
-        targeted=False,
-        n=200,
-        clean_acc=0.9,
-        robust_acc=robust,
-        n_attacked=180,
-        success_rate=0.47,
-        success_ci_low=0.375,
-        success_ci_high=0.567,
-        mean_queries=10.0,
-        mean_linf=eps,
-        mean_l2=1.0,
-        mean_l0=40.0,
-        mean_conf=0.8,
-        mean_true_conf=0.2,
-        seconds=1.5,
-        seed=0,
-        device="cpu",
-        timestamp="2026-01-01T00:00:00+00:00",
-        fragility_version="0.1.0",
-        torch_version="2.x",
-        torchvision_version="0.x",
-        git_commit="abc",
-        variant=variant,
-    )
-    base.update(kw)
-    return RunRecord(**base)
+    fields = dict(config_hash=f"{i:016x}", model=model, dataset="digits-test", defense=defense, attack=attack, variant=variant)
+    fields |= dict(params=f"norm=linf eps={eps}", eps=eps, n=200, robust_acc=robust, n_attacked=180, success_rate=0.47)
+    fields |= dict(success_ci_low=0.375, success_ci_high=0.567, mean_queries=10.0, mean_linf=eps, mean_l0=40.0, seconds=1.5)
+    return make_run_record(**(fields | kw))
 
 
 def sample_records() -> list[RunRecord]:

@@ -11,46 +11,25 @@ import sys
 import textwrap
 
 import pandas as pd
+from records import make_run_record
 
 from fragility.benchmarks.record import SAMPLE_COLUMNS, RunRecord
 from fragility.benchmarks.store import ResultStore
 
 
 def make_record(h: str, robust: float = 0.5, **kw) -> RunRecord:
-    base = dict(
+    fields = dict(
         config_hash=h,
-        model="m",
-        dataset="d",
-        defense="none",
         attack="fgsm",
         params="eps=0.1",
-        norm="linf",
-        eps=0.1,
-        targeted=False,
-        n=10,
-        clean_acc=0.9,
         robust_acc=robust,
-        n_attacked=9,
         success_rate=0.4,
         success_ci_low=0.1,
         success_ci_high=0.7,
-        mean_queries=1.0,
-        mean_linf=0.1,
-        mean_l2=1.0,
         mean_l0=float("nan"),
-        mean_conf=0.8,
-        mean_true_conf=0.2,
         seconds=0.5,
-        seed=0,
-        device="cpu",
-        timestamp="2026-01-01T00:00:00+00:00",
-        fragility_version="0",
-        torch_version="t",
-        torchvision_version="tv",
-        git_commit="abc",
     )
-    base.update(kw)
-    return RunRecord(**base)
+    return make_run_record(**(fields | kw))
 
 
 def samples(n: int = 3) -> pd.DataFrame:

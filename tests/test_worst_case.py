@@ -7,47 +7,26 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from records import make_run_record
 from scipy.stats import binomtest
 
 from fragility.benchmarks.leaderboard import summary
-from fragility.benchmarks.record import RunRecord
 from fragility.benchmarks.worst_case import compare, mcnemar, worst_case
 from fragility.stats import wilson_interval
 
 
 def _rec(h, attack, robust, *, model="m", eps=0.1, seed=0, weights="", variant="standard", flags=""):
     n = len(robust)
-    return RunRecord(
+    return make_run_record(
         config_hash=h,
         model=model,
-        dataset="d",
-        defense="none",
         attack=attack,
-        params="",
-        norm="linf",
         eps=eps,
-        targeted=False,
         n=n,
         clean_acc=1.0,
         robust_acc=float(np.mean(robust)),
         n_attacked=n,
-        success_rate=0.0,
-        success_ci_low=0.0,
-        success_ci_high=0.0,
-        mean_queries=1.0,
-        mean_linf=0.0,
-        mean_l2=0.0,
-        mean_l0=0.0,
-        mean_conf=0.0,
-        mean_true_conf=0.0,
-        seconds=0.0,
         seed=seed,
-        device="cpu",
-        timestamp="",
-        fragility_version="",
-        torch_version="",
-        torchvision_version="",
-        git_commit="",
         variant=variant,
         flags=flags,
         weights_sha256=weights,
