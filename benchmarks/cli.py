@@ -15,15 +15,14 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from fragility.benchmarks.apps import gate
+from fragility.benchmarks.apps import fail, gate
 from fragility.errors import FragilityError
 
 DEMO_ARGS = ["-m", "attack=fgsm,pgd"]
 
 
 def _fail(msg: str) -> None:
-    print(f"fragility: error: {msg}", file=sys.stderr)
-    sys.exit(2)
+    fail("fragility", msg)
 
 
 @hydra.main(config_path="pkg://fragility.conf", config_name="config", version_base="1.3")
