@@ -102,6 +102,11 @@ def test_versions_and_config():
     assert AutoAttack.sample_extras == ("broken_by",)
     with pytest.raises(ConfigError, match="unknown autoattack version"):
         AutoAttack(version="fast")
+    bf16 = AutoAttack(square_precision="bf16")
+    assert dict(bf16.attacks)["square"].precision == "bf16" and bf16.params()["square_precision"] == "bf16"
+    assert "square_precision" not in AutoAttack().params()
+    with pytest.raises(ConfigError, match="square_precision"):
+        AutoAttack(square_precision="fp16")
 
 
 def test_threat_model_and_batch_invariance(tiny_model, tiny_batch):

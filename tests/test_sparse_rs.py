@@ -123,22 +123,60 @@ def grey(n: int) -> torch.Tensor:
     return (0.5 + 0.05 * torch.randn(n, 3, 8, 8, generator=g)).clamp(0, 1)
 
 
-def test_exhaustive_finds_the_planted_pixel(planted):
+@pytest.mark.parametrize("order", ["guided", "random"])
+def test_exhaustive_finds_the_planted_pixel(order, planted):
     x = grey(5)
     x[:, :, 0, 0] = 1.0  # unlock: a white corner pixel, so also one no-op candidate (skipped)
     y = torch.zeros(5, dtype=torch.long)
     assert (planted(x).argmax(1) == 0).all()
-    attack = SparseRS(mode="pixels", k=1, exhaustive=True)
+    attack = SparseRS(mode="pixels", k=1, exhaustive=True, order=order)
     assert attack.params()["exhaustive"] is True and "queries" not in attack.params()
+    assert attack.params()["order"] == order
     res = attack(planted, x, y)
     assert res.success.all()
     ch = changed(res.adv, x)
     assert (ch.flatten(1).sum(1) == 1).all() and ch[:, 5, 3].all()
     assert torch.equal(res.adv[:, :, 5, 3], torch.tensor([1.0, 0.0, 1.0]).expand(5, 3))
-    # raster order: position (5, 3) is block 43 of 64, colour (1, 0, 1) is corner 5: candidate 350, the
-    # 349th once the no-op at (0, 0) is skipped; by then an image sends 5 candidates per call, so it
-    # stops within 4 more
-    assert ((res.queries >= 349) & (res.queries <= 349 + 4)).all()
+    assert (res.queries <= 64 * 8 - 1).all()
+
+
+class Recorder(nn.Module):
+    """A linear two-class net that never changes its mind (class 0 by a wide margin) and keeps every
+    image it is asked about, in order."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight, self.seen = weight, []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        s = (x * self.weight).flatten(1).sum(1)
+        return torch.stack([torch.full_like(s, 100.0), s], 1)
+
+
+def test_guided_order_probes_every_position_then_follows_the_margin():
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(1, 3, 8, 8, generator=g)
+    net = Recorder(weight)
+    model = Classifier(net, mean=[0.0] * 3, std=[1.0] * 3, input_size=(3, 8, 8), class_names=["a", "b"], name="rec")
+    x = torch.rand(1, 3, 8, 8, generator=g) * 0.8 + 0.1  # no pixel is a corner
+    res = SparseRS(mode="pixels", k=1, queries=64 + 14)(model, x, torch.zeros(1, dtype=torch.long))
+    assert not res.success.any() and int(res.queries[0]) == 64 + 14
+    asked = torch.cat(net.seen)[: 64 + 14]  # the attack's queries (then the base class's final check)
+    where = (asked != x).any(1).flatten(1)  # (queries, 64): the one changed position of each
+    assert (where.sum(1) == 1).all()
+    pos = where.float().argmax(1)
+    colour = asked.flatten(2)[torch.arange(len(asked)), :, pos]  # (queries, 3)
+    far = 1 - x.flatten(2)[0].t().round()  # (64, 3): each position's farthest corner
+    # phase 1: every position once, with its far corner
+    assert sorted(pos[:64].tolist()) == list(range(64))
+    assert torch.equal(colour[:64], far[pos[:64]])
+    # phase 2: the other 7 corners of the position whose probe raised class 1's logit most (the
+    # lowest margin), then of the next one
+    gain = ((far.t().reshape(1, 3, 8, 8) - x) * weight).flatten(2).sum(1)[0]  # probe's change of the logit
+    first, second = gain.argsort(descending=True)[:2].tolist()
+    assert pos[64:71].tolist() == [first] * 7 and pos[71:78].tolist() == [second] * 7
+    assert len({tuple(c) for c in colour[64:71].tolist()} | {tuple(far[first].tolist())}) == 8
 
 
 def test_exhaustive_failure_is_complete(planted):
@@ -152,14 +190,15 @@ def test_exhaustive_failure_is_complete(planted):
     assert (res.queries == 64 * 8 - 1).all()  # every (position, corner) pair but the no-op
 
 
-def test_random_order_k1_finds_it_too_and_stops_early(planted):
+@pytest.mark.parametrize("order", ["guided", "random"])
+def test_k1_walk_finds_it_too_and_stops_early(order, planted):
     x = grey(4)
     x[:, :, 0, 0] = 1.0
     y = torch.zeros(4, dtype=torch.long)
-    res = SparseRS(mode="pixels", k=1, queries=512)(planted, x, y)
+    res = SparseRS(mode="pixels", k=1, queries=512, order=order)(planted, x, y)
     assert res.success.all()  # sampling without replacement: complete within 64 x 8 queries
     assert res.queries.float().mean() < 512
-    short = SparseRS(mode="pixels", k=1, queries=20)(planted, x, y)
+    short = SparseRS(mode="pixels", k=1, queries=20, order=order)(planted, x, y)
     assert (short.queries[~short.success] == 20).all()
 
 
@@ -193,6 +232,8 @@ def test_queries_stop_at_success(kw, tiny_model, tiny_batch):
 
 
 def test_settings_refused():
+    with pytest.raises(ConfigError, match="order"):
+        SparseRS(mode="pixels", k=1, order="raster")
     with pytest.raises(ConfigError, match="exhaustive"):
         SparseRS(mode="pixels", k=3, exhaustive=True)
     with pytest.raises(ConfigError, match="mode"):

@@ -101,7 +101,37 @@ def test_targeted(digits_model, digits_test):
     assert torch.equal(res.pred[res.success], t[res.success])
 
 
+class LiesInBf16(nn.Module):
+    """Under bf16 autocast every image looks fooled (class 1 wins); in fp32 class 0 always wins."""
+
+    def forward(self, x):
+        logits = torch.zeros(len(x), 10) + x.flatten(1).mean(1, keepdim=True) * 0
+        col = 1 if torch.is_autocast_enabled(x.device.type) else 0
+        logits[:, col] = 5.0
+        return logits
+
+
+def test_bf16_success_is_rechecked_in_fp32():
+    x, y = torch.rand(3, 1, 8, 8), torch.zeros(3, dtype=torch.long)
+    res = Square(eps=0.1, queries=50, precision="bf16")(LiesInBf16(), x, y)
+    assert not res.success.any()  # bf16 claimed a success at every query; fp32 never confirmed one
+    assert (res.queries <= 50).all() and (res.queries >= 49).all()  # the re-checks count, inside the cap
+
+
+def test_bf16_attacks_like_fp32(digits_model, digits_test):
+    x, y = digits_test.images(torch.arange(40)), digits_test.y[:40]
+    fp32 = Square(eps=0.2, queries=300)(digits_model, x, y)
+    bf16 = Square(eps=0.2, queries=300, precision="bf16")(digits_model, x, y)
+    assert (bf16.queries <= 300).all()
+    assert bf16.success.float().mean() >= fp32.success.float().mean() - 0.1
+    # every success is one in fp32: the base call judges the returned images without autocast
+    with torch.no_grad():
+        assert (digits_model(bf16.adv[bf16.success]).argmax(1) != y[bf16.success]).all()
+
+
 def test_bad_config():
+    with pytest.raises(ConfigError):
+        Square(precision="fp16")
     with pytest.raises(ConfigError):
         Square(queries=0)
     with pytest.raises(ConfigError):

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from itertools import product
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -23,8 +24,8 @@ FRAGILITY = [sys.executable, "-c", "from fragility.benchmarks.cli import main; m
 GRID = ["attack=fgsm", "attack.eps=0.1,0.2", "n_samples=16,0", "logger=none", "progress=false"]
 
 
-def sweep(results, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "FRAGILITY_THREADS": "1", "RAY_DEDUP_LOGS": "0"}
+def sweep(results, *extra: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "FRAGILITY_THREADS": "1", "RAY_DEDUP_LOGS": "0", **(env or {})}
     return subprocess.run(
         [*FRAGILITY, "-m", f"results_dir={results}", *GRID, *extra], capture_output=True, text=True, env=env, timeout=timeout
     )
@@ -76,11 +77,53 @@ def test_ray_sweep_writes_every_row_once(tmp_path, digits_model):
     results = tmp_path / "results"
     ray_local = [
         "hydra/launcher=ray",
+        "hydra.launcher.ray.init.address=local",  # a new cluster, even while another test's is up
         "+hydra.launcher.ray.init.num_cpus=2",
         "+hydra.launcher.ray.init.include_dashboard=false",
         "+hydra.launcher.ray.init._node_ip_address=127.0.0.1",  # a local cluster on loopback only
     ]
     check_contained(sweep(results, *ray_local, timeout=400), results)
+
+
+def test_ray_cluster_preset_joins_a_running_cluster(tmp_path, digits_model):
+    """``hydra/launcher=ray_cluster`` (conf/hydra/launcher/ray_cluster.yaml) joins a cluster started
+    with ``ray start --head``, here one on loopback, stopped (its process group) at the end."""
+    if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
+        pytest.skip("needs the ray extra: pip install -e '.[ray]' (Ray and hydra-ray-launcher)")
+    import shutil
+    import signal
+    import socket
+    import time
+
+    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+         "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:  # the GCS port answers once the head is up
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        results = tmp_path / "results"
+        preset = [
+            "hydra/launcher=ray_cluster",
+            f"hydra.launcher.ray.init.address=127.0.0.1:{port}",
+            "hydra.launcher.ray.remote.num_gpus=0",  # the preset asks one GPU per job; this machine has none
+            "hydra.launcher.ray.remote.num_cpus=1",
+        ]
+        # Ray's clusters use token authentication; a driver given an address (not address=auto, which
+        # finds the newest cluster on this machine) sends its token only in token mode
+        check_contained(sweep(results, *preset, timeout=400, env={"RAY_AUTH_MODE": "token"}), results)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
 
 
 # -- the experiment grid --------------------------------------------------------------------------

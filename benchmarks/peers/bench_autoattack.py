@@ -90,6 +90,20 @@ def run_fragility_steps10(model, x, y, eps, n_classes):
     return res.adv, float(res.queries.float().mean()), att.extra_metrics(res)
 
 
+def run_fragility_bf16(model, x, y, eps, n_classes):
+    """The reference's settings (100 steps), Square's candidate forwards in bf16 (successes re-checked in fp32)."""
+    att = AutoAttack(eps=eps, norm="linf", version="standard", square_precision="bf16", seed=0)
+    res = att(model, x, y)
+    return res.adv, float(res.queries.float().mean()), att.extra_metrics(res)
+
+
+def run_fragility_steps10_bf16(model, x, y, eps, n_classes):
+    """torchattacks' step counts, Square's candidate forwards in bf16."""
+    att = AutoAttack(eps=eps, norm="linf", version="standard", steps=10, square_precision="bf16", seed=0)
+    res = att(model, x, y)
+    return res.adv, float(res.queries.float().mean()), att.extra_metrics(res)
+
+
 def run_torchattacks(model, x, y, eps, n_classes):
     import torchattacks
 
@@ -115,6 +129,8 @@ def run_art(model, x, y, eps, n_classes):
 METHODS = {
     "fragility": run_fragility,
     "fragility_steps10": run_fragility_steps10,
+    "fragility_bf16": run_fragility_bf16,
+    "fragility_steps10_bf16": run_fragility_steps10_bf16,
     "torchattacks": run_torchattacks,
     "ART": run_art,
 }

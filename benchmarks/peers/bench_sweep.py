@@ -4,7 +4,9 @@ One 12-run digits sweep (digits CNN, PGD at eps 0.1/0.2/0.3 x seeds 0-3, ``--n``
 images each), run through the real ``fragility`` console script:
 
 1. wall time, back to back: serial (Hydra's basic launcher) vs joblib (2 workers) vs Ray (a local
-   cluster of 2 CPUs, one job per CPU); each in a fresh results dir, so nothing is skipped;
+   cluster of 2 CPUs, one job per CPU, that the sweep starts and stops) vs ``ray_cluster`` (the same
+   local cluster started beforehand with ``ray start --head``, untimed, and joined by the sweep: how
+   a cluster is used); each in a fresh results dir, so nothing is skipped;
 2. the same sweep (joblib) writing to PostgreSQL vs to SQLite: the same rows, compared column by
    column and sample by sample;
 3. a Ray worker killed (SIGKILL) while it runs a job, with Ray's task retries off so that the sweep
@@ -44,9 +46,17 @@ LAUNCHERS = {
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
     "ray": [
         "hydra/launcher=ray",
+        "hydra.launcher.ray.init.address=local",  # a new local cluster, even where one is running
         "+hydra.launcher.ray.init.num_cpus=2",
         "+hydra.launcher.ray.init.include_dashboard=false",
         "+hydra.launcher.ray.init._node_ip_address=127.0.0.1",
+    ],
+    # the cluster workflow (conf/hydra/launcher/ray_cluster.yaml): a head started once with `ray start
+    # --head` (untimed, like a cluster that is already up), each sweep joins it
+    "ray_cluster": [
+        "hydra/launcher=ray_cluster",
+        "hydra.launcher.ray.remote.num_gpus=0",
+        "hydra.launcher.ray.remote.num_cpus=1",
     ],
 }
 
@@ -94,19 +104,68 @@ def count_rows(target: str) -> dict:
     }
 
 
+class RayHead:
+    """``ray start --head`` on loopback (2 CPUs) for the ``ray_cluster`` rows; stopped at the end."""
+
+    def __init__(self, out: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+        self.log = open(out / "ray-head.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [ray_bin, "start", "--head", "--block", f"--port={self.port}", "--num-cpus=2", "--include-dashboard=false",
+             "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            time.sleep(0.5)
+        time.sleep(3)  # the raylet registers after the GCS port opens
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"hydra.launcher.ray.init.address=127.0.0.1:{self.port}"]
+
+    @property
+    def env(self) -> dict[str, str]:
+        # Ray enables token authentication on the clusters it starts; a driver that names the address
+        # (rather than address=auto) sends the token (~/.ray/auth_token) only in token mode
+        return {"RAY_AUTH_MODE": "token"}
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
 def timing(out: Path, n: int, steps: int, repeats: int, launchers: list[str]) -> list[dict]:
     rows = []
     for rep in range(repeats):
         for name in launchers:
-            res = out / f"timing-{name}-{rep}"
-            shutil.rmtree(res, ignore_errors=True)
-            t0 = time.perf_counter()
-            rc = fragility(["-m", f"results_dir={res}", *grid(n, steps), *LAUNCHERS[name]], out / f"timing-{name}-{rep}.log")
-            wall = time.perf_counter() - t0
-            row = {"launcher": name, "repeat": rep, "rc": rc, "wall_s": round(wall, 1), **count_rows(str(res))}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            if name != "ray_cluster":
+                rows.append(timed(out, n, steps, name, rep, [], {}))
+                continue
+            head = RayHead(out)  # up before the clock starts, as a cluster would be; down after it stops
+            try:
+                rows.append(timed(out, n, steps, name, rep, head.overrides, head.env))
+            finally:
+                head.stop()
     return rows
+
+
+def timed(out: Path, n: int, steps: int, name: str, rep: int, extra: list[str], env: dict) -> dict:
+    res = out / f"timing-{name}-{rep}"
+    shutil.rmtree(res, ignore_errors=True)
+    t0 = time.perf_counter()
+    rc = fragility(["-m", f"results_dir={res}", *grid(n, steps), *LAUNCHERS[name], *extra], out / f"timing-{name}-{rep}.log", env)
+    wall = time.perf_counter() - t0
+    row = {"launcher": name, "repeat": rep, "rc": rc, "wall_s": round(wall, 1), **count_rows(str(res))}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def compare_pg_sqlite(out: Path, n: int, steps: int, pg_url: str) -> dict:
@@ -217,7 +276,7 @@ def main() -> None:
     ap.add_argument("--light-steps", type=int, default=10, help="PGD steps in the PostgreSQL and Ray-kill sweeps")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--parts", default="timing,postgres,raykill")
-    ap.add_argument("--launchers", default="serial,joblib,ray")
+    ap.add_argument("--launchers", default="serial,joblib,ray,ray_cluster")
     ap.add_argument("--pg-url", default=os.environ.get("FRAGILITY_TEST_PG_URL"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads per job, every launcher (FRAGILITY_THREADS)")
     ap.add_argument("--extra", nargs="*", default=["escalate=false"], help="overrides added to every sweep")
