@@ -1,6 +1,7 @@
 """One way to start a console app on a Hydra config: errors a user can fix are one line and exit 2.
 
-Every app (``fragility``, ``fragility-train``, ``fragility-visualize``, ``fragility-style``) goes
+Every app (``fragility``, ``fragility-train``, ``fragility-visualize``, ``fragility-style``,
+``fragility-leaderboard``, which only reads its results folder) goes
 through :func:`gate` before Hydra acts: :func:`precheck` (overrides Hydra's grammar rejects, unknown
 config-group choices) and :func:`pregate` (the config composed as Hydra is about to, then the
 instantiate gate on it), each failure one line ``<prog>: error: ...`` and exit 2.
@@ -46,7 +47,7 @@ def precheck(argv: list[str]) -> None:
                 check_group_choice(group, choice.strip())
 
 
-def pregate(argv: list[str], config_name: str) -> None:
+def pregate(argv: list[str], config_name: str, read_only: bool = False) -> None:
     """Compose the config the way Hydra is about to (first job of a sweep) and run the gate on
     it before Hydra acts: callbacks, logging factories, output folders
     (:func:`~fragility.benchmarks.config.check_hydra`) and every ``_target_``
@@ -74,7 +75,7 @@ def pregate(argv: list[str], config_name: str) -> None:
         raise ConfigError(text.splitlines()[0] if text else type(e).__name__) from None
     finally:
         GlobalHydra.instance().clear()
-    check_hydra(cfg)
+    check_hydra(cfg, dirs=not read_only)
     try:
         check_config(cfg)
     except FragilityError as e:
@@ -83,12 +84,12 @@ def pregate(argv: list[str], config_name: str) -> None:
         # a value that only resolves inside the run (${hydra:...}); the app checks it again before any work
 
 
-def gate(prog: str, config_name: str, argv: list[str]) -> None:
+def gate(prog: str, config_name: str, argv: list[str], read_only: bool = False) -> None:
     """:func:`precheck` and :func:`pregate` of ``argv`` against ``conf/<config_name>.yaml``; a
     failure is one line ``<prog>: error: ...`` and exit 2."""
     try:
         precheck(argv)
-        pregate(argv, config_name)
+        pregate(argv, config_name, read_only)
     except FragilityError as e:
         fail(prog, str(e))
 

@@ -88,7 +88,7 @@ def _leaderboard_app(cfg: DictConfig) -> None:
 
     db = cfg.get("results_db")
     if not db and not (Path(cfg.results_dir) / DB_NAME).is_file() and not cfg.get("merge_from"):
-        _fail(f"no results store in {cfg.results_dir} (expected {DB_NAME}); run fragility first")
+        fail("fragility-leaderboard", f"no results store in {cfg.results_dir} (expected {DB_NAME}); run fragility first")
     try:
         store = ResultStore(db or cfg.results_dir, read_only=not cfg.get("merge_from"))  # a read-only store still renders
         if cfg.get("check"):  # fragility-leaderboard --check: the full integrity check, not only the quick one on open
@@ -98,7 +98,7 @@ def _leaderboard_app(cfg: DictConfig) -> None:
             print(f"[fragility] merged {cfg.merge_from} into {store.path}: {copied} runs copied, {present} already there")
         records = store.records()
     except FragilityError as e:
-        _fail(str(e))
+        fail("fragility-leaderboard", str(e))
     try:
         write_leaderboards(records, cfg.results_dir, samples=samples_for(store, records))
         where = f"leaderboards written to {cfg.results_dir}/leaderboard.{{csv,md,html}}"
@@ -111,4 +111,5 @@ def _leaderboard_app(cfg: DictConfig) -> None:
 def leaderboard_main() -> None:
     # ``--check`` reads as a flag; Hydra sees it as the override check=true
     sys.argv = [("check=true" if a == "--check" else a) for a in sys.argv]
+    gate("fragility-leaderboard", "leaderboard", sys.argv[1:], read_only=True)
     _leaderboard_app()

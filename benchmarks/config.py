@@ -149,10 +149,10 @@ def allowed_targets(cfg: Any) -> list[str]:
     return list(raw)
 
 
-def check_hydra(cfg: DictConfig) -> None:
+def check_hydra(cfg: DictConfig, dirs: bool = True) -> None:
     """The Hydra part of a composed config (``return_hydra_config``), checked before Hydra acts on
-    it: every callback's ``_target_`` (resolved), logging factories, and the output folders, which
-    stay under ``results_dir`` unless given as absolute paths."""
+    it: every callback's ``_target_`` (resolved), logging factories, and (``dirs``) the output
+    folders, which stay under ``results_dir`` unless given as absolute paths."""
     allowed = allowed_targets(cfg)
     hydra_cfg = cfg.get("hydra")
     if hydra_cfg is None:
@@ -164,7 +164,8 @@ def check_hydra(cfg: DictConfig) -> None:
         node = hydra_cfg.get(key)
         if node is not None:
             _check_logging(node, f"hydra.{key}")
-    _check_dirs(cfg)
+    if dirs:
+        _check_dirs(cfg)
 
 
 def _check_logging(node: Any, path: str) -> None:

@@ -145,8 +145,12 @@ class ResultStore:
             row = con.execute(q).mappings().first()
         return None if row is None else RunRecord.from_row(dict(row))
 
-    def records(self) -> list[RunRecord]:
-        q = sa.select(self.runs).where(self.runs.c.status == "done").order_by(self.runs.c.timestamp, self.runs.c.config_hash)
+    def records(self, variant_like: str | None = None) -> list[RunRecord]:
+        """Finished runs, oldest first; ``variant_like``: only variants matching this SQL LIKE pattern."""
+        q = sa.select(self.runs).where(self.runs.c.status == "done")
+        if variant_like is not None:
+            q = q.where(self.runs.c.variant.like(variant_like))
+        q = q.order_by(self.runs.c.timestamp, self.runs.c.config_hash)
         with _reachable(self), self.engine.connect() as con:
             return [RunRecord.from_row(dict(r)) for r in con.execute(q).mappings()]
 

@@ -315,6 +315,13 @@ def test_read_only_store_refuses_runs_but_renders_leaderboards(env):
             subprocess.run(["chattr", "-i", str(db)], check=False)
 
 
+@pytest.mark.parametrize("arg", ["bogus=1", "hydra/launcher=nope", "results_dir=[unclosed"])
+def test_leaderboard_bad_command_line_is_one_line(arg):
+    code, out, err = call_cli([arg], entry=cli.leaderboard_main)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("fragility-leaderboard: error: ") and "Traceback" not in err + out
+
+
 def test_leaderboard_check_reports_a_corrupt_store(env):
     code, _out, err = call_cli([f"results_dir={env['truncated']}", "--check"], entry=cli.leaderboard_main)
     assert code == 2 and len(err.strip().splitlines()) == 1, err

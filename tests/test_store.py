@@ -47,6 +47,14 @@ def test_roundtrip_keeps_types(tmp_path):
     assert store.has("a") and not store.has("b")
 
 
+def test_records_filter_variants_in_the_database(tmp_path):
+    store = ResultStore(tmp_path)
+    for h, variant in (("a", "standard"), ("b", "escalated"), ("c", "adaptive-escalated"), ("d", "adaptive")):
+        store.write(make_record(h, variant=variant), samples())
+    assert [r.config_hash for r in store.records(variant_like="%escalated")] == ["b", "c"]
+    assert len(store.records()) == 4
+
+
 def test_replace_is_atomic_per_run(tmp_path):
     store = ResultStore(tmp_path)
     store.write(make_record("a", robust=0.5), samples(5))
