@@ -103,8 +103,8 @@ def test_csv_md_and_terminal_mark_the_exhaustive_row(stored, tmp_path):
     assert "complete" in cols
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in runs.splitlines()[4:] if line.startswith("|")]
     marked = {row[cols.index("params")]: row[cols.index("complete")] for row in rows}
-    assert marked["mode=pixels k=1 exhaustive=True"] == "yes"
-    assert marked["mode=pixels k=1 queries=100"] == "" and marked["mode=patch size=4 queries=100"] == ""
+    assert marked["mode=pixels k=1 order=guided exhaustive=True"] == "yes"
+    assert marked["mode=pixels k=1 order=guided queries=100"] == "" and marked["mode=patch size=4 queries=100"] == ""
     assert "exact for that threat model, not an upper bound" in runs
 
     term = terminal_table(stored)
@@ -153,8 +153,8 @@ def test_html_marks_the_exhaustive_row_and_labels_threats(stored, tmp_path):
     exports = {f.name: json.loads(f.read_text()) for f in (out / "exports").glob("*.json")}
     pix = next(e for e in exports.values() if e["threat_model"] == "l0" and e["defense"] == "none")
     assert {a["params"]: a["complete"] for a in pix["attacks"]} == {
-        "mode=pixels k=1 exhaustive=True": True,
-        "mode=pixels k=1 queries=100": False,
+        "mode=pixels k=1 order=guided exhaustive=True": True,
+        "mode=pixels k=1 order=guided queries=100": False,
     }
     assert "worst l0 k=1" in defense_leaderboard(stored).columns
 

@@ -20,6 +20,8 @@ from fragility.benchmarks.store import ResultStore
 from fragility.benchmarks.sweep import progress_line, read_progress, sweep_size
 
 FRAGILITY = [sys.executable, "-c", "from fragility.benchmarks.cli import main; main()"]
+# a 2-CPU Ray head on loopback for the ray_cluster test
+HEAD_FLAGS = ["--num-cpus=2", "--include-dashboard=false", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
 # 4 jobs: 2 good, 2 that fail at run time (n_samples=0 is a ConfigError raised inside the job)
 GRID = ["attack=fgsm", "attack.eps=0.1,0.2", "n_samples=16,0", "logger=none", "progress=false"]
 
@@ -100,10 +102,11 @@ def test_ray_cluster_preset_joins_a_running_cluster(tmp_path, digits_model):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-         "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [ray_bin, "start", "--head", "--block", f"--port={port}", *HEAD_FLAGS],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 60
         while time.time() < deadline:  # the GCS port answers once the head is up

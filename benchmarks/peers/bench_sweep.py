@@ -41,6 +41,8 @@ import sqlalchemy as sa
 from fragility.benchmarks.store import ResultStore
 
 FRAGILITY = [sys.executable, "-c", "from fragility.benchmarks.cli import main; main()"]
+# a 2-CPU Ray head on loopback, the ray_cluster rows' cluster
+HEAD_FLAGS = ["--num-cpus=2", "--include-dashboard=false", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
 LAUNCHERS = {
     "serial": [],
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
@@ -114,10 +116,11 @@ class RayHead:
         ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
         self.log = open(out / "ray-head.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [ray_bin, "start", "--head", "--block", f"--port={self.port}", "--num-cpus=2", "--include-dashboard=false",
-             "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [ray_bin, "start", "--head", "--block", f"--port={self.port}", *HEAD_FLAGS],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.time() + 60
         while time.time() < deadline:
             with socket.socket() as s:
