@@ -71,7 +71,7 @@ def pseudo_gaussian(s: int, transpose: torch.Tensor) -> torch.Tensor:
 
     top = rectangles(s // 2, s) if s // 2 > 0 else torch.zeros(0, s)
     block = torch.cat([top, -rectangles(s - s // 2, s)], 0)
-    block = block / block.norm().clamp_min(1e-12)
+    block = (block / block.norm().clamp_min(1e-12)).to(transpose.device)  # built on the CPU; follows the mask
     out = torch.where(transpose.view(-1, 1, 1), block.t()[None], block[None])
     return out[:, None]
 

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Counting, cifar_resnet, cifar_test, robust_accuracy, shared_dir
+from common import Counting, cifar_resnet, cifar_test, device_name, pick_device, robust_accuracy, shared_dir, sync
 
 from fragility.attacks import AutoAttack
 from fragility.budget import parse_budget
@@ -119,10 +119,15 @@ def run_art(model, x, y, eps, n_classes):
 
     counted = Counting(model)
     clf = PyTorchClassifier(
-        counted, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=n_classes, clip_values=(0.0, 1.0)
+        counted,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=n_classes,
+        clip_values=(0.0, 1.0),
+        device_type="gpu" if x.is_cuda else "cpu",
     )
     atk = ArtAutoAttack(clf, norm=np.inf, eps=eps, eps_step=eps, batch_size=min(len(x), 250))
-    adv = atk.generate(x.numpy(), y=y.numpy())
+    adv = atk.generate(x.cpu().numpy(), y=y.cpu().numpy())
     return torch.from_numpy(adv).float(), counted.images / len(x), {}
 
 
@@ -139,6 +144,7 @@ METHODS = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", default=None)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: the model, the images and every method run there")
     ap.add_argument("--n", type=int, default=500, help="CIFAR-10 test images per ResNet model")
     ap.add_argument("--n-digits", type=int, default=500, help="digits test images (539 at most)")
     ap.add_argument("--eps", default="8/255")
@@ -150,20 +156,26 @@ def main() -> None:
     ap.add_argument("--out", default="results/bench_autoattack.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    dev = pick_device(args.device)
+    print(f"# device {device_name(dev)}, threads {args.threads}, torch {torch.__version__}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     print("| model | n | eps | method | robust acc [95% CI] | mean queries | seconds | time / faster peer |")
     print("| --- | ---: | ---: | --- | --- | ---: | ---: | ---: |")
     for name in args.models.split(","):
         model, x, y, eps = load(name, args)
+        model, x, y = model.to(dev), x.to(dev), y.to(dev)
         n_classes = 10
         rows = {}
         for method in args.methods.split(","):
             torch.manual_seed(0)
             np.random.seed(0)
+            sync(dev)
             t0 = time.perf_counter()
             adv, queries, extra = METHODS[method](model, x, y, eps, n_classes)
+            sync(dev)
             seconds = time.perf_counter() - t0
+            adv = adv.to(dev)
             model.eval()  # a peer may have left the model in training mode
             if (adv - x).abs().max() > eps + 1e-5:
                 sys.exit(f"{method} left the Linf ball: {(adv - x).abs().max():.5f} > {eps:.5f}")
@@ -181,6 +193,7 @@ def main() -> None:
                 "mean_queries": queries,
                 "seconds": seconds,
                 "threads": args.threads,
+                "device": device_name(dev),
                 "extra": extra,
             }
             with out.open("a") as f:

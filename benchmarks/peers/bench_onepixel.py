@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import Counting, cifar_resnet, cifar_test, correct_subset, eval_mode, shared_dir
+from common import Counting, cifar_resnet, cifar_test, correct_subset, eval_mode, shared_dir, sync
 from torch import nn
 
 from fragility.attacks.onepixel import OnePixel
@@ -46,26 +46,31 @@ def judge(
     """Success of every method, decided the same way: ``adv`` in eval mode is misclassified.
     Also the number of changed pixels per image; an output outside [0, 1] or over the pixel budget
     stops the benchmark."""
-    adv = adv.detach().float()
-    l0 = (adv != x).any(1).flatten(1).sum(1)
+    adv = adv.detach().float().to(x.device)
+    l0 = (adv != x).any(1).flatten(1).sum(1).cpu()
     if adv.min() < 0 or adv.max() > 1:
         raise SystemExit(f"an attack left [0, 1]: range [{float(adv.min())}, {float(adv.max())}]")
     if int(l0.max()) > pixels:
         raise SystemExit(f"an attack changed {int(l0.max())} pixels, over the budget of {pixels}")
     with torch.inference_mode(), eval_mode(model):
-        ok = model(adv).argmax(1) != y
+        ok = (model(adv).argmax(1) != y).cpu()
     return ok, l0
 
 
 def throughput(model: nn.Module, batch: int, bf16: bool, seconds: float = 3.0) -> float:
     """Images per second of plain forward passes at ``batch`` images per call."""
-    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    dev = next(model.parameters()).device
+    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(dev)
+    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
         model(x)
+        sync(dev)
         done, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             model(x)
             done += batch
+            if done % (50 * batch) == 0:
+                sync(dev)  # a GPU queues calls: time what ran, not what was queued
+        sync(dev)
     return done / (time.perf_counter() - t0)
 
 
@@ -141,14 +146,14 @@ def make_peers(model, args) -> dict:
             input_shape=(3, 32, 32),
             nb_classes=10,
             clip_values=(0.0, 1.0),
-            device_type="cpu",
+            device_type="gpu" if next(model.parameters()).is_cuda else "cpu",
         )
         atk = PixelAttack(clf, th=args.pixels, es=1, max_iter=args.maxiter, targeted=False, verbose=False)
         # ART sizes its population as max(1, 400 // dims) * dims: Su's 400 for 1 pixel; other --popsize
         # values cannot be passed through its API, so the table prints its actual population.
 
         def art_run(xi, yi, atk=atk):
-            return torch.from_numpy(atk.generate(xi.numpy(), y=yi.numpy()))
+            return torch.from_numpy(atk.generate(xi.cpu().numpy(), y=yi.cpu().numpy()))
 
         peers["art"] = (net, art_run)
     return peers

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_onepixel import judge, make_peers, run_fragility, summarize, throughput
-from common import Counting, cifar_resnet, cifar_test, correct_subset, shared_dir
+from common import Counting, cifar_resnet, cifar_test, correct_subset, device_name, pick_device, shared_dir, sync
 
 from fragility.attacks.sparse_rs import SparseRS
 from fragility.models.compile import compile_model, is_compiled
@@ -43,9 +43,10 @@ def run_sparse(model, x, y, attack: SparseRS, batch: int, budget_pixels: int) ->
     """One Sparse-RS configuration on all images: judged success, the attack's own per-image query
     counts (cross-checked against the counting wrapper), seconds."""
     net = Counting(model)
+    sync(x.device)
     t0 = time.perf_counter()
     parts = [attack(net, x[s : s + batch], y[s : s + batch]) for s in range(0, len(x), batch)]
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0  # the results come back on the CPU: nothing left queued
     queries = torch.cat([p.queries for p in parts])
     success, l0 = judge(model, x, torch.cat([p.adv for p in parts]), y, budget_pixels)
     own = torch.cat([p.success for p in parts])
@@ -66,16 +67,19 @@ def run_sparse(model, x, y, attack: SparseRS, batch: int, budget_pixels: int) ->
 def compiled_throughput(args) -> tuple[torch.nn.Module, dict]:
     """A fresh resnet20 compiled: seconds for the first call (compile) and for the next new batch
     size (the recompile with a dynamic batch dimension), then img/s at each batch size."""
-    model = compile_model(cifar_resnet(shared_dir(args.shared), 20))
+    dev = torch.device(args.device)
+    model = compile_model(cifar_resnet(shared_dir(args.shared), 20).to(dev))
     info: dict = {}
-    xs = torch.rand(max(BATCHES), 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    xs = torch.rand(max(BATCHES), 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(dev)
     with torch.inference_mode():
         t0 = time.perf_counter()
         model(xs[: BATCHES[-1]])
+        sync(dev)
         info["compile_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         for b in BATCHES[:-1]:
             model(xs[:b])
+        sync(dev)
         info["recompile_s"] = time.perf_counter() - t0
     info["compiled"] = is_compiled(model)
     info["raw"] = {f"compiled fp32@{b}": throughput(model, b, False) for b in BATCHES}
@@ -221,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch", type=int, default=128, help="rows per model call")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("FRAGILITY_THREADS", os.cpu_count() or 1)))
     ap.add_argument("--shared", default=None)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: the model, images and every attack run there")
     ap.add_argument("--figure", default=None, help="save the success-vs-queries picture here")
     ap.add_argument("--out", default=None, help="write per-image results as JSON here")
     ap.add_argument("--replot", default=None, help="only redraw the figure from this --out JSON")
@@ -234,12 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(args.seed)
 
     shared = shared_dir(args.shared)
-    model = cifar_resnet(shared, 20)
+    dev = pick_device(args.device)
+    model = cifar_resnet(shared, 20).to(dev)
     x, y, ids = correct_subset(model, cifar_test(shared, None, args.seed), args.n)
+    x, y = x.to(dev), y.to(dev)
     cmd = "python benchmarks/peers/bench_sparse_rs.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(
         f"# sparse_rs benchmark: resnet20, {len(x)} correctly classified CIFAR-10 test images (seed {args.seed}), "
-        f"threads={args.threads}, torch {torch.__version__}\n# {cmd}",
+        f"device {device_name(dev)}, threads={args.threads}, torch {torch.__version__}\n# {cmd}",
         flush=True,
     )
     if args.raw_only:

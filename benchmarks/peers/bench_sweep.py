@@ -14,6 +14,7 @@ images each), run through the real ``fragility`` console script:
 
     python benchmarks/peers/bench_sweep.py --out results/bench_sweep          # all three
     python benchmarks/peers/bench_sweep.py --parts timing --repeats 2          # timing only
+    python benchmarks/peers/bench_sweep.py --parts timing --launchers serial,ray_gpu --extra escalate=false device=cuda  # on a GPU
 
 PostgreSQL: ``--pg-url`` or ``FRAGILITY_TEST_PG_URL``, else a throwaway server is started with the
 Debian package's initdb/pg_ctl (as the ``postgres`` user when run as root). The machine may be
@@ -52,6 +53,15 @@ LAUNCHERS = {
         "+hydra.launcher.ray.init.num_cpus=2",
         "+hydra.launcher.ray.init.include_dashboard=false",
         "+hydra.launcher.ray.init._node_ip_address=127.0.0.1",
+    ],
+    # Ray on a GPU machine (with --extra device=cuda): one GPU per job, Ray sets CUDA_VISIBLE_DEVICES
+    "ray_gpu": [
+        "hydra/launcher=ray",
+        "hydra.launcher.ray.init.address=local",
+        "+hydra.launcher.ray.init.num_cpus=2",
+        "+hydra.launcher.ray.init.include_dashboard=false",
+        "+hydra.launcher.ray.init._node_ip_address=127.0.0.1",
+        "+hydra.launcher.ray.remote.num_gpus=1",
     ],
     # the cluster workflow (conf/hydra/launcher/ray_cluster.yaml): a head started once with `ray start
     # --head` (untimed, like a cluster that is already up), each sweep joins it
@@ -95,6 +105,7 @@ def count_rows(target: str) -> dict:
     store = ResultStore(target)
     with store.engine.connect() as c:
         runs = c.exec_driver_sql("SELECT config_hash, status FROM runs").all()
+        devices = sorted(d for (d,) in c.exec_driver_sql("SELECT DISTINCT device FROM runs").all())
         per_run = dict(c.exec_driver_sql("SELECT config_hash, COUNT(*) FROM samples GROUP BY config_hash").all())
     done = [h for h, s in runs if s == "done"]
     return {
@@ -103,6 +114,7 @@ def count_rows(target: str) -> dict:
         "done": len(done),
         "failed": sum(s == "failed" for _, s in runs),
         "samples": sorted({per_run.get(h, 0) for h in done}),
+        "devices": devices,
     }
 
 

@@ -61,7 +61,27 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, adv: tor
     check_range(adv)
     clean, _ = predict(model, x)
     after, _ = predict(model, adv.detach().float())
-    return outcome_metrics(y, clean, after)
+    return outcome_metrics(y.cpu(), clean, after)
+
+
+def pick_device(name: str) -> torch.device:
+    """``--device``: ``cpu``, ``cuda`` (or ``cuda:N``); exits with one line when CUDA is asked for
+    and absent."""
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"benchmark: --device {name} but torch {torch.__version__} sees no CUDA device")
+    return dev
+
+
+def device_name(dev: torch.device) -> str:
+    """The card (or ``cpu``) for the report."""
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+
+
+def sync(dev: torch.device) -> None:
+    """Wait for queued GPU work, so that a wall-clock reading covers it."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
 def check_range(adv: torch.Tensor) -> None:
