@@ -87,6 +87,7 @@ def build(
     mean: tuple[float, ...] = CIFAR_MEAN,
     std: tuple[float, ...] = CIFAR_STD,
     compile: bool = False,
+    channels_last: bool = True,
 ) -> Classifier:
     """A CIFAR ResNet-``depth`` wrapped as a [0, 1] classifier; weights from ``checkpoint``;
     ``compile``: forward through torch.compile (models/compile.py)."""
@@ -95,4 +96,4 @@ def build(
         load_weights(net, Path(checkpoint))
     names = list(class_names) if class_names else (CIFAR10_CLASSES if num_classes == 10 else [str(i) for i in range(num_classes)])
     model = Classifier(net, mean=mean, std=std, input_size=(3, 32, 32), class_names=names, name=f"cifar_resnet{depth}")
-    return maybe_compile(identify(model, checkpoint), compile)
+    return maybe_compile(identify(model, checkpoint), compile, channels_last)

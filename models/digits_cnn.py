@@ -78,7 +78,7 @@ def train_digits_cnn(epochs: int = 40, seed: int = 0) -> DigitsCNN:
     return net
 
 
-def build(checkpoint: str | None = None, retrain: bool = False, compile: bool = False) -> Classifier:
+def build(checkpoint: str | None = None, retrain: bool = False, compile: bool = False, channels_last: bool = True) -> Classifier:
     """The digits CNN: from ``checkpoint`` if given, else from the cache (trained on first use);
     ``compile``: forward through torch.compile (models/compile.py)."""
     net = DigitsCNN()
@@ -105,4 +105,4 @@ def build(checkpoint: str | None = None, retrain: bool = False, compile: bool = 
     model = Classifier(net, mean=DIGITS_MEAN, std=DIGITS_STD, input_size=(1, 8, 8), class_names=DIGITS_CLASSES, name="digits_cnn")
     # weights from a user's file carry its hash in the name; the cached recipe model keeps its
     # plain name (the recipe identifies it) and still records the cache file's hash
-    return maybe_compile(identify(model, checkpoint or path, rename=bool(checkpoint)), compile)
+    return maybe_compile(identify(model, checkpoint or path, rename=bool(checkpoint)), compile, channels_last)

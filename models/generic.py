@@ -45,6 +45,7 @@ def build(
     class_names: list[str] | None = None,
     name: str | None = None,
     compile: bool = False,
+    channels_last: bool = True,
 ) -> Classifier:
     p = Path(path).expanduser()
     if not p.is_file():
@@ -62,4 +63,4 @@ def build(
         raise ConfigError(f"unknown checkpoint format {format!r} (state_dict, torchscript)")
     names = list(class_names) if class_names else [str(i) for i in range(int(num_classes))]
     model = Classifier(net, mean=mean, std=std, input_size=input_size, class_names=names, name=name or arch or p.stem)
-    return maybe_compile(identify(model, p), compile)
+    return maybe_compile(identify(model, p), compile, channels_last)

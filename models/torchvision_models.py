@@ -33,6 +33,7 @@ def build(
     num_classes: int = 1000,
     class_names: list[str] | None = None,
     compile: bool = False,
+    channels_last: bool = True,
 ) -> Classifier:
     if arch not in _ARCHS:
         raise ConfigError(f"unknown torchvision architecture {arch!r} (valid: {', '.join(_ARCHS)})")
@@ -59,4 +60,4 @@ def build(
     else:
         names = [str(i) for i in range(int(num_classes))]
     model = Classifier(net, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=(3, side, side), class_names=names, name=arch)
-    return maybe_compile(identify(model, checkpoint), compile)
+    return maybe_compile(identify(model, checkpoint), compile, channels_last)

@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import make_tiny
+from conftest import compose, make_tiny
 
 from fragility.models.compile import compile_model, is_compiled, maybe_compile
 
@@ -90,3 +90,47 @@ def test_builders_take_the_option(monkeypatch):
     model = build(depth=8, compile=True)
     assert is_compiled(model) and model.name == "cifar_resnet8"
     model(torch.rand(2, 3, 32, 32))  # channels_last input through the wrapper
+
+
+def conv_weights(model):
+    return [p for p in model.parameters() if p.dim() == 4]
+
+
+def test_channels_last_is_the_builders_default_and_changes_only_the_layout():
+    from fragility.models.cifar_resnet import build
+
+    torch.manual_seed(0)
+    plain = build(depth=8, channels_last=False)
+    fast = build(depth=8)
+    fast.load_state_dict(plain.state_dict())  # same weights, copied into the channels_last tensors
+    assert all(p.is_contiguous() for p in conv_weights(plain))
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights(fast))
+    assert not is_compiled(fast)
+    x = torch.rand(5, 3, 32, 32, requires_grad=True)
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
+    g_fast = torch.autograd.grad(fast(x).sum(), x)[0]
+    g_plain = torch.autograd.grad(plain(x).sum(), x)[0]
+    torch.testing.assert_close(g_fast, g_plain, rtol=1e-4, atol=1e-5)  # attacks' input gradients agree
+    assert list(fast.state_dict()) == list(plain.state_dict())  # checkpoints keep their keys
+
+
+def test_channels_last_reaches_torchscript_models_and_leaves_dense_ones(tmp_path, digits_model):
+    from fragility.models import generic
+    from fragility.models.compile import to_channels_last
+
+    torch.jit.script(digits_model.net).save(str(tmp_path / "d.ts"))
+    ts = generic.build(str(tmp_path / "d.ts"), format="torchscript", input_size=[1, 8, 8], mean=[0.31], std=[0.38])
+    assert conv_weights(ts) and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights(ts))
+    x = torch.rand(4, 1, 8, 8)
+    torch.testing.assert_close(ts(x), digits_model(x), rtol=1e-4, atol=1e-5)
+    dense = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    assert to_channels_last(dense) is dense and dense[1].weight.is_contiguous()
+
+
+def test_channels_last_is_a_config_option():
+    from hydra.utils import instantiate
+
+    for name in ("cifar_resnet", "digits_cnn", "checkpoint", "vgg16", "vgg19", "inception_v3"):
+        assert compose([f"model={name}"]).model.channels_last is True
+    model = instantiate(compose(["model=cifar_resnet", "model.depth=8", "model.channels_last=false"]).model)
+    assert all(p.is_contiguous() for p in conv_weights(model))
