@@ -80,9 +80,9 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     """Store ``model``'s convolution weights in channels_last (in place; returned for chaining).
 
     Inputs stay NCHW: oneDNN then picks its NHWC kernels for the whole network. On this repo's
-    2-core CPU that alone makes eager forwards 1.3-2x faster (resnet20 at batch 100: fp32 189 ->
-    96 ms, bf16 83 -> 53 ms; the digits CNN at batch 500: 41 -> 21 ms; backward gains 5-15%), without
-    torch.compile's minute of compiling; measured by ``benchmarks/peers/bench_forward.py``. Results
+    2-core CPU (one thread) that alone makes eager forwards 1.1-2x faster (resnet20 at batch 100:
+    fp32 146 -> 104 ms, bf16 67 -> 56 ms; the digits CNN in bf16 about 1.9x) and forward+backward
+    1.0-1.3x, without torch.compile's minute of compiling; ``benchmarks/peers/bench_forward.py``. Results
     agree with the NCHW model to float rounding. A model without convolutions is left as it is.
     """
     if has_conv_weights(model):

@@ -7,6 +7,10 @@ method: robust accuracy with a 95% Wilson interval (``fragility.stats.wilson_int
 model queries per image (fragility: its own query counter; peers: images through the model, counted
 by ``common.Counting``), wall seconds, and the ratio of seconds to the faster peer.
 
+Every method gets the same model object, built by fragility's builders, so with its convolution
+weights stored channels_last (``model.channels_last=true``, the default); ``torchattacks_nchw`` runs
+torchattacks on a copy stored NCHW, as a torchattacks user's model would be.
+
 Models (``--models``):
 
 - ``resnet20``: the shared published ResNet-20 (CIFAR-10, eps ``--eps``, default 8/255);
@@ -29,6 +33,7 @@ at the paper's step ``2 eps``).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -113,6 +118,12 @@ def run_torchattacks(model, x, y, eps, n_classes):
     return adv.detach(), counted.images / len(x), {}
 
 
+def run_torchattacks_nchw(model, x, y, eps, n_classes):
+    """torchattacks as its users run it: the same weights stored NCHW (PyTorch's default layout;
+    fragility's model builders store convolution weights channels_last, ``models/compile.py``)."""
+    return run_torchattacks(copy.deepcopy(model).to(memory_format=torch.contiguous_format), x, y, eps, n_classes)
+
+
 def run_art(model, x, y, eps, n_classes):
     from art.attacks.evasion import AutoAttack as ArtAutoAttack
     from art.estimators.classification import PyTorchClassifier
@@ -137,6 +148,7 @@ METHODS = {
     "fragility_bf16": run_fragility_bf16,
     "fragility_steps10_bf16": run_fragility_steps10_bf16,
     "torchattacks": run_torchattacks,
+    "torchattacks_nchw": run_torchattacks_nchw,
     "ART": run_art,
 }
 
