@@ -115,8 +115,13 @@ def test_dlr_sees_through_scaled_logits(digits_model, digits_test):
     ce = APGD(eps=0.1, steps=30)(scaled, x, y).success.float().mean()
     dlr = APGD(eps=0.1, steps=30, loss="dlr")(scaled, x, y).success.float().mean()
     t = APGDT(eps=0.1, steps=30, n_target_classes=3)(scaled, x, y).success.float().mean()
+    dlr_plain = APGD(eps=0.1, steps=30, loss="dlr")(digits_model, x, y).success.float().mean()
     assert ce < plain - 0.2  # cross-entropy saturates
-    assert dlr >= plain - 0.05 and t >= plain - 0.05
+    # DLR is invariant to the logits' scale: on the x1000 model it breaks what it breaks unscaled
+    # (how that compares with CE on the unscaled model depends on the trained weights: within a few
+    # images either way), and far more than saturated CE
+    assert abs(dlr - dlr_plain) <= 1 / 80 and dlr > ce + 0.2
+    assert t >= plain - 0.05  # APGD-T (targeted DLR) recovers CE's unscaled success
 
 
 def test_apgd_t_success_is_untargeted_and_targets_rejected(tiny_model, tiny_batch):

@@ -27,7 +27,9 @@ def test_cifar_resnet_roundtrip_with_module_prefix_and_nesting(tmp_path):
     x = torch.rand(3, 3, 32, 32)
     mean, std = torch.tensor(cifar_resnet.CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(cifar_resnet.CIFAR_STD).view(1, 3, 1, 1)
     src.eval()
-    torch.testing.assert_close(model(x), src((x - mean) / std))
+    # the model stores its convolution weights channels_last (model.channels_last, the default): same
+    # weights, different summation order, so float rounding (random-init logits are large)
+    torch.testing.assert_close(model(x), src((x - mean) / std), rtol=1e-4, atol=1e-4)
     digest = hashlib.sha256((tmp_path / "r44.th").read_bytes()).hexdigest()
     assert model.name == f"cifar_resnet44@{digest[:8]}" and model.weights_sha256 == digest  # identity by weights
     assert model.class_names[9] == "truck"
