@@ -172,8 +172,8 @@ class Square(LpAttack):
     def _init(self, images: torch.Tensor, rng) -> torch.Tensor:
         _, c, h, w = images.shape
         if self.norm_name == "linf":
-            signs = torch.where(rng.uniform(c, 1, w) < 0.5, -1.0, 1.0).to(images)
-            return (images + self.eps * signs).clamp(0, 1)
+            lo, hi = self._corners(images)
+            return torch.where(rng.uniform(c, 1, w).to(images.device) < 0.5, lo, hi)
         s = max(h // 5, 1)
         start_h, start_w = (h - s * (h // s)) // 2, (w - s * (w // s)) // 2
         block = pseudo_gaussian(s, torch.zeros(1, dtype=torch.bool))[0, 0].to(images)
@@ -185,7 +185,16 @@ class Square(LpAttack):
                 delta[:, :, r : r + s, q : q + s] += block * signs[:, i, j, :, None, None]
         return (images + delta / _l2(delta).clamp_min(1e-12) * self.eps).clamp(0, 1)
 
-    def _propose_linf(self, x, best, it, rng, idx):
+    def _corners(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x - eps`` and ``x + eps`` clipped to [0, 1] and projected once: every Linf value Square
+        writes is one of the two, so its candidates are inside the ball by construction and need
+        no projection per step (at the small batches of a robust model's survivors that projection,
+        a float64 check, cost ~4% of each step)."""
+        lo = self.project((images - self.eps).clamp(0, 1), images).clamp(0, 1)
+        hi = self.project((images + self.eps).clamp(0, 1), images).clamp(0, 1)
+        return lo, hi
+
+    def _propose_linf(self, x, best, it, rng, idx, lo, hi):
         n, c, h, w = x.shape
         s = max(round(math.sqrt(self.p_schedule(it) * h * w)), 1)
         s = min(s, h - 1, w - 1) if min(h, w) > 1 else 1
@@ -198,8 +207,8 @@ class Square(LpAttack):
         new = best
         pending = torch.ones(n, dtype=torch.bool, device=x.device)
         for t in range(3):  # a new colour that changes nothing wastes a query: try the next one
-            signs = torch.where(u[:, 2 + t * c : 2 + (t + 1) * c] < 0.5, -1.0, 1.0).to(x).view(n, c, 1, 1)
-            cand = torch.where(mask, (x + self.eps * signs).clamp(0, 1), best)
+            low = (u[:, 2 + t * c : 2 + (t + 1) * c] < 0.5).view(n, c, 1, 1)
+            cand = torch.where(mask, torch.where(low, lo, hi), best)
             new = torch.where(pending.view(-1, 1, 1, 1), cand, new)
             pending = pending & ((new - best).abs().flatten(1).amax(1) < 1e-7)
             if not bool(pending.any()):
@@ -242,13 +251,17 @@ class Square(LpAttack):
         used = torch.ones(n, dtype=torch.long, device=images.device)  # forward passes per image
         best = self._init(images, rng)
         loss, done = self._checked_margin(model, best, labels, targets, all_idx, used)
-        propose = self._propose_linf if self.norm_name == "linf" else self._propose_l2
+        linf = self.norm_name == "linf"
+        lo, hi = self._corners(images) if linf else (None, None)
         for it in range(1, self.queries):
             active = (~done & (used < self.queries)).nonzero().flatten()
             if len(active) == 0:
                 break
             x = images[active]
-            cand = self.project(propose(x, best[active], it, rng, active), x).clamp(0, 1)
+            if linf:  # inside by construction (_corners)
+                cand = self._propose_linf(x, best[active], it, rng, active, lo[active], hi[active])
+            else:
+                cand = self.project(self._propose_l2(x, best[active], it, rng, active), x).clamp(0, 1)
             t = targets[active] if targets is not None else None
             used[active] += 1
             new_loss, ok = self._checked_margin(model, cand, labels[active], t, active, used)
