@@ -169,10 +169,9 @@ class Square(LpAttack):
             used[idx[rows]] += 1
         return m, ok
 
-    def _init(self, images: torch.Tensor, rng) -> torch.Tensor:
+    def _init(self, images: torch.Tensor, rng, lo=None, hi=None) -> torch.Tensor:
         _, c, h, w = images.shape
         if self.norm_name == "linf":
-            lo, hi = self._corners(images)
             return torch.where(rng.uniform(c, 1, w).to(images.device) < 0.5, lo, hi)
         s = max(h // 5, 1)
         start_h, start_w = (h - s * (h // s)) // 2, (w - s * (w // s)) // 2
@@ -249,10 +248,10 @@ class Square(LpAttack):
             return images
         all_idx = torch.arange(n, device=images.device)
         used = torch.ones(n, dtype=torch.long, device=images.device)  # forward passes per image
-        best = self._init(images, rng)
-        loss, done = self._checked_margin(model, best, labels, targets, all_idx, used)
         linf = self.norm_name == "linf"
         lo, hi = self._corners(images) if linf else (None, None)
+        best = self._init(images, rng, lo, hi)
+        loss, done = self._checked_margin(model, best, labels, targets, all_idx, used)
         for it in range(1, self.queries):
             active = (~done & (used < self.queries)).nonzero().flatten()
             if len(active) == 0:

@@ -65,7 +65,7 @@ def compile_model(model: nn.Module, *, channels_last: bool = True, mode: str | N
             )
     use_cl = bool(channels_last and has_conv_weights(model))
     if use_cl:
-        model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
     model.forward = CompiledForward(eager, compiled, use_cl)
     return model
 
