@@ -21,6 +21,7 @@ from torch import nn
 
 from fragility.budget import format_number
 from fragility.errors import ConfigError, InputError
+from fragility.models.fold import folded_copy
 from fragility.models.wrapper import eval_mode
 from fragility.rng import SampleRNG, content_keys
 
@@ -67,6 +68,12 @@ class QueryCounter(nn.Module):
     ``x``, the index of the batch sample it belongs to. A model that runs its network several
     times per image in one call (EOT, randomized smoothing) sets ``last_passes`` to that number
     (read from the instance, never inherited), and each call counts that many queries.
+
+    ``inference=True`` is for score-only queries under ``torch.no_grad()``: they may run through the
+    model's folded copy (:func:`fragility.models.fold.folded_copy`, BatchNorm folded into the
+    convolutions; ``has_folded_copy`` says whether there is one), which gives the same logits to
+    float rounding. They count the same. An attack that stops an image on such logits confirms the
+    success on the model itself.
     """
 
     def __init__(self, model: nn.Module, n: int) -> None:
@@ -74,11 +81,22 @@ class QueryCounter(nn.Module):
         self.model = model
         self.counts = torch.zeros(n, dtype=torch.long)
         self.training = False  # its own flag only; the model's modes are owned by eval_mode()
+        self._folded: list[nn.Module | None] = []  # built on the first inference query (a list: not a submodule)
 
-    def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def has_folded_copy(self) -> bool:
+        return self._folded_copy() is not None
+
+    def _folded_copy(self) -> nn.Module | None:
+        if not self._folded:
+            self._folded.append(folded_copy(self.model))
+        return self._folded[0]
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None, *, inference: bool = False) -> torch.Tensor:
         if idx is None and x.shape[0] != len(self.counts):
             raise RuntimeError("QueryCounter: pass idx= when the batch is not the attacked batch")
-        out = self.model(x)
+        fast = self._folded_copy() if inference and not torch.is_grad_enabled() else None
+        out = (fast if fast is not None else self.model)(x)
         # a wrapper that runs the network several times per image (EOT draws, a smoothed
         # classifier's votes) says how many in ``last_passes``: a query is one real forward pass
         mult = int(self.model.__dict__.get("last_passes", 1))

@@ -12,6 +12,13 @@ Weights: the digits CNN from its cache (trained on first use); resnet20 from ``.
 is there, else randomly initialized (the speed of a layout does not depend on the weights' values).
 
     python benchmarks/peers/bench_forward.py --threads 1 [--models digits_cnn,resnet20] [--device cpu]
+
+``--fold``: instead, channels_last weights vs their BatchNorm-folded copy (``models/fold.py``, what
+Square's candidate forwards run through), forward under no_grad only (the copy is never
+differentiated), at the batch sizes Square sees on a robust model's survivors. Models without
+BatchNorm (the digits CNN) have no copy and are skipped.
+
+    python benchmarks/peers/bench_forward.py --threads 1 --fold --models resnet20
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ from common import REPO, device_name, pick_device, sync
 
 from fragility.models.cifar_resnet import build as build_resnet
 from fragility.models.digits_cnn import build as build_digits
+from fragility.models.fold import folded_copy, why_not
 
 BATCHES = {"digits_cnn": (8, 128, 500), "resnet20": (8, 32, 100)}
+FOLD_BATCHES = {"digits_cnn": (2, 10, 100), "resnet20": (2, 10, 100)}
 
 
 def load(name: str, shared: str | None) -> torch.nn.Module:
@@ -74,10 +83,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("FRAGILITY_THREADS", os.cpu_count() or 1)))
+    ap.add_argument("--fold", action="store_true", help="channels_last vs its BatchNorm-folded copy, fwd only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = pick_device(args.device)
     print(f"# device {device_name(dev)}, threads {args.threads}, torch {torch.__version__}, median of {args.repeats}")
+    if args.fold:
+        fold_table(args, dev)
+        return
     print("| model | batch | precision | pass | NCHW ms | channels_last ms | speed-up |")
     print("| --- | ---: | --- | --- | ---: | ---: | ---: |")
     for name in args.models.split(","):
@@ -98,6 +111,27 @@ def main() -> None:
                         flush=True,
                     )
             print(f"# {name} batch {batch}: max |logit difference| between layouts {diff:.2e}", flush=True)
+
+
+def fold_table(args, dev) -> None:
+    print("| model | batch | precision | pass | channels_last ms | folded copy ms | speed-up |")
+    print("| --- | ---: | --- | --- | ---: | ---: | ---: |")
+    for name in args.models.split(","):
+        model = load(name, args.shared).to(dev).to(memory_format=torch.channels_last).eval()
+        folded = folded_copy(model)
+        if folded is None:
+            print(f"# {name}: no folded copy ({why_not(model) or 'torch.fx could not trace it'})", flush=True)
+            continue
+        c, h, w = model.input_size
+        for batch in FOLD_BATCHES[name]:
+            x = torch.rand(batch, c, h, w, generator=torch.Generator().manual_seed(batch)).to(dev)
+            with torch.no_grad():
+                diff = (model(x) - folded(x)).abs().max().item()
+            for bf16 in (False, True):
+                a = time_ms(model, x, bf16, False, args.repeats, dev)
+                b = time_ms(folded, x, bf16, False, args.repeats, dev)
+                print(f"| {name} | {batch} | {'bf16' if bf16 else 'fp32'} | fwd | {a:.2f} | {b:.2f} | {a / b:.2f}x |", flush=True)
+            print(f"# {name} batch {batch}: max |logit difference| folded vs not {diff:.2e}", flush=True)
 
 
 if __name__ == "__main__":
