@@ -21,7 +21,9 @@ over the attacks that ran on the image, plus the one clean forward pass. FAB-T r
 queries, not its successes at ``eps``. ``square_precision="bf16"`` runs Square's candidate
 forwards in bfloat16 with every success re-checked in float32 (see ``attacks/square.py``): on a
 robust model, where Square's 5,000 queries per surviving image are most of the time, it halves them
-on CPUs with bf16 support, without changing what counts as a success.
+on CPUs with bf16 support, without changing what counts as a success. Square also asks the model's
+BatchNorm-folded copy for its candidates where the model has one (``fold_bn``, on by default; see
+``models/fold.py``), with the same re-check.
 
 Example::
 

@@ -9,7 +9,7 @@ logits (to float rounding) in fewer steps: resnet20 on one CPU thread, 10 images
 
 The folding itself is torch's ``torch.fx.experimental.optimization.fuse`` (a deep copy traced with
 torch.fx, conv+BN pairs whose convolution feeds only the BatchNorm replaced by one convolution);
-this module only decides when a copy is safe and caches it per model. There is none (``None``) for
+this module only decides when a copy is safe. There is none (``None``) for
 a model that:
 
 - is in training mode anywhere (BatchNorm then uses batch statistics);
@@ -20,17 +20,17 @@ a model that:
   ``last_passes`` (EOT and smoothing wrappers run their network several times per call);
 - torch.fx cannot trace (data-dependent control flow, TorchScript, most input transformations).
 
-The copy is never trained and never seen by the caller's hooks; it is rebuilt when any parameter or
-buffer of the model changes (a tensor's version counter moves with every in-place update, such as
-``load_state_dict`` or an optimizer step). Callers that decide success on the copy's logits must
-confirm it on the model itself, as Square does.
+The copy is built anew for each call (``QueryCounter`` keeps it for one attack call only): a traced
+copy freezes the model's Python attributes and control flow as they were when it was traced, so a
+longer-lived cache could go stale in ways no tensor version counter shows (a wrapper's scale factor
+changed, a flag toggled). Building it costs ~40 ms for resnet20, small against the thousands of
+queries it serves. Callers that decide success on the copy's logits must confirm it on the model
+itself, as Square does.
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
-from itertools import chain
 
 import torch
 from torch import nn
@@ -38,11 +38,6 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module | None]] = weakref.WeakKeyDictionary()
-
-
-def _fingerprint(model: nn.Module) -> tuple:
-    return tuple((t.data_ptr(), t._version) for t in chain(model.parameters(), model.buffers()))
 
 
 def _has_global_hooks() -> bool:
@@ -68,17 +63,12 @@ def why_not(model: nn.Module) -> str | None:
 
 
 def folded_copy(model: nn.Module) -> nn.Module | None:
-    """An eval-mode copy of ``model`` with BatchNorm folded into the preceding convolutions, or
-    ``None`` where that is not safe or not possible (see the module docstring). Cached per model
-    until its parameters or buffers change."""
+    """A new eval-mode copy of ``model`` with BatchNorm folded into the preceding convolutions, or
+    ``None`` where that is not safe or not possible (see the module docstring)."""
     reason = why_not(model)
     if reason is not None:
         log.debug("no folded copy of %s: %s", type(model).__name__, reason)
         return None
-    key = _fingerprint(model)
-    hit = _cache.get(model)
-    if hit is not None and hit[0] == key:
-        return hit[1]
     from torch.fx.experimental.optimization import fuse
 
     try:
@@ -86,8 +76,5 @@ def folded_copy(model: nn.Module) -> nn.Module | None:
             copy = fuse(model, inplace=False).eval()
     except Exception as e:  # torch.fx fails on anything it cannot trace, in many exception types
         log.debug("no folded copy of %s: %s: %s", type(model).__name__, type(e).__name__, e)
-        copy = None
-    if copy is not None:
-        copy.requires_grad_(False)
-    _cache[model] = (key, copy)
-    return copy
+        return None
+    return copy.requires_grad_(False)
