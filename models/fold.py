@@ -2,10 +2,11 @@
 
 A query-bound attack (Square on a robust model's survivors) spends its time in no-grad forward
 passes of an eval-mode network at small batches, where a ResNet's BatchNorm layers and the Python
-dispatch of its nested modules are a tenth of each pass. In eval mode ``BN(conv(x))`` is one
+dispatch of its nested modules are a sixth of each pass. In eval mode ``BN(conv(x))`` is one
 convolution with rescaled weights and a bias, so a copy with the two folded computes the same
-logits (to float rounding) in fewer steps: resnet20 on one CPU thread, 10 images per call, 6.3 ->
-5.7 ms in bf16 and 9.9 -> 9.1 ms in fp32 (``benchmarks/peers/bench_forward.py --fold``).
+logits (to float rounding) in fewer steps: resnet20 on one CPU thread, 2-100 images per call,
+1.17-1.31x faster forwards in fp32 and bf16 (``benchmarks/peers/bench_forward.py --fold``,
+BENCHMARKS.md).
 
 The folding itself is torch's ``torch.fx.experimental.optimization.fuse`` (a deep copy traced with
 torch.fx, conv+BN pairs whose convolution feeds only the BatchNorm replaced by one convolution);
