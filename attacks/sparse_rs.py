@@ -29,6 +29,13 @@ Threat models (``mode``):
   ``3 * ceil(((1 - it/10k) - 0.5) * p_init * width^2)`` (one pixel once that is 0) from a random
   frame pixel in a random diagonal direction with one corner colour, masked to the frame.
 
+``universal=True`` (``mode=patch`` or ``frame``): one patch (its content and its place) or one frame
+for every image of the call, searched with the same steps, kept when it fools more of the images
+(ties: a lower summed margin). Every step asks the model about every image, so each image's queries
+are the steps taken; the search stops when all images are fooled or at ``queries``. The result
+depends on the whole batch by design (the runner's ``batch_size`` sets how many images share one
+patch); its random draws come from the first image's stream.
+
 ``exhaustive=True`` (``mode=pixels``, ``k=1``): every position x every corner colour, in the same
 order, batched over images and candidates (``max_batch`` rows per model call), stopping per image
 at the first success. Its failures are images that no single corner-coloured pixel can flip: a
@@ -111,6 +118,7 @@ class SparseRS(Attack):
         p_init: float | None = None,
         exhaustive: bool = False,
         order: str = "guided",
+        universal: bool = False,
         max_batch: int = 128,
         targeted: bool = False,
         target: int | str | None = None,
@@ -124,6 +132,9 @@ class SparseRS(Attack):
                 raise ConfigError(f"{key} must be >= 1, got {v}")
         if exhaustive and (mode != "pixels" or int(k) != 1):
             raise ConfigError("exhaustive=true is the one-pixel check: it needs mode=pixels and k=1")
+        if universal and mode == "pixels":
+            raise ConfigError("universal=true needs mode=patch or mode=frame (one patch or frame for all images)")
+        self.universal = bool(universal)
         if order not in ORDERS:
             raise ConfigError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         self.order = order
@@ -149,6 +160,8 @@ class SparseRS(Attack):
         p.update({"pixels": {"k": self.k}, "patch": {"size": self.size}, "frame": {"width": self.width}}[self.mode])
         if self.mode == "pixels" and self.k == 1:
             p["order"] = self.order  # always: the k = 1 walk was random-only before "guided" existed
+        if self.universal:
+            p["universal"] = True
         if self.exhaustive:
             p["exhaustive"] = True  # complete for one corner-coloured pixel: no query budget
         else:
@@ -212,7 +225,12 @@ class SparseRS(Attack):
                 init, propose, render = {"pixels": self._pixels, "patch": self._patch, "frame": self._frame}[self.mode](
                     images, rng
                 )
-                adv, steps = random_search(init, propose, render, evaluate, len(images), self.queries, images.device)
+                if self.universal:
+                    adv, steps = universal_search(
+                        init, propose, self._spread(images, render), evaluate, self.queries, images.device
+                    )
+                else:
+                    adv, steps = random_search(init, propose, render, evaluate, len(images), self.queries, images.device)
         return adv.clone(), {"steps": steps.clone()}
 
     def _enumerate(self, images, rng, evaluate):
@@ -362,6 +380,15 @@ class SparseRS(Attack):
 
         return init, propose, render
 
+    def _spread(self, images, render):
+        """Universal: render one state (leading dimension 1) onto every image."""
+        n, _c, h, w = images.shape
+        every = torch.arange(n, device=images.device)
+        if self.mode == "patch":  # the state is the patch and its place: render it on each image
+            return lambda state: render(tuple(t.expand(n, *t.shape[1:]) for t in state), every)
+        mask = frame_mask(h, w, self.width, images.device)[:, None]  # the state is image 0 with the frame
+        return lambda state: torch.where(mask, render(state, every[:1]).expand(n, -1, -1, -1), images)
+
     # ---- hooks for the runner -------------------------------------------------------------------
     def extra_metrics(self, result) -> dict[str, Any]:
         out: dict[str, Any] = {"exhaustive": self.exhaustive}
@@ -469,6 +496,28 @@ def random_search(init, propose, render, evaluate, n: int, budget: int, device) 
         best[act[keep]] = loss[keep]
         done[act[ok]] = True
     return render(state, idx), steps
+
+
+def universal_search(init, propose, spread, evaluate, budget: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One state for all images: a proposal is kept when it fools more images, or as many with a
+    lower summed margin; every step evaluates every image (``spread`` renders the state on all)."""
+    first = torch.zeros(1, dtype=torch.long, device=device)  # the random draws: the first image's stream
+    state = tuple(init(first))
+    x = spread(state)
+    every = torch.arange(len(x), device=device)
+    loss, ok = evaluate(x, every)
+    steps = 1
+    for it in range(1, budget):
+        if bool(ok.all()):
+            break
+        new = propose(state, first, it)
+        new_x = spread(new)
+        new_loss, new_ok = evaluate(new_x, every)
+        steps += 1
+        fooled, new_fooled = int(ok.sum()), int(new_ok.sum())
+        if new_fooled > fooled or (new_fooled == fooled and float(new_loss.sum()) < float(loss.sum())):
+            state, x, loss, ok = new, new_x, new_loss, new_ok
+    return x, torch.full((len(x),), steps, dtype=torch.long, device=device)
 
 
 def margin(logits: torch.Tensor, goal: torch.Tensor, targeted: bool) -> tuple[torch.Tensor, torch.Tensor]:

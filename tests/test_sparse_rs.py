@@ -251,3 +251,41 @@ def test_schedules_follow_the_paper():
     assert p_schedule_patch(9000, 10000, 0.4) == pytest.approx(0.4 / 512)
     a = SparseRS(mode="patch", size=4)
     assert a.budget == 4 and a.norm == "l0_patch" and SparseRS().norm == "l0"
+
+
+class WhiteSpotNet(nn.Module):
+    """Class 1 wins once pixel (3, 4) is white in every channel (no grey image has it); the margin
+    falls as the pixel whitens, so a search can follow it."""
+
+    def forward(self, x):
+        spot = x[:, :, 3, 4].mean(1)
+        return torch.stack([torch.zeros_like(spot), 12 * spot - 11], 1)
+
+
+def test_universal_patch_is_one_patch_for_all_images():
+    x, y = grey(6), torch.zeros(6, dtype=torch.long)
+    attack = SparseRS(mode="patch", size=3, universal=True, queries=2000)
+    assert attack.params()["universal"] is True
+    res = attack(WhiteSpotNet(), x, y)
+    assert res.success.all()  # the white spot, found once, fools every image
+    ch = changed(res.adv, x)
+    rows, cols = ch.any(0).any(1).nonzero().flatten(), ch.any(0).any(0).nonzero().flatten()
+    assert rows.max() - rows.min() < 3 and cols.max() - cols.min() < 3  # one 3x3 window for all
+    window = (slice(None), slice(None), slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+    assert (res.adv[window] == res.adv[window][:1]).all()  # the same content on every image
+    assert ((res.adv[window] == 0) | (res.adv[window] == 1)).all()  # corner colours
+    assert (res.queries == res.queries[0]).all() and 1 < int(res.queries[0]) < 2000  # every step asks every image
+
+
+def test_universal_frame_is_one_frame_and_leaves_the_inside(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    res = SparseRS(mode="frame", width=1, universal=True, queries=60)(tiny_model, x, y)
+    mask = frame_mask(8, 8, 1, x.device)[0]
+    assert torch.equal(res.adv[:, :, ~mask], x[:, :, ~mask])  # the inside of every image untouched
+    assert (res.adv[:, :, mask] == res.adv[:1, :, mask]).all()  # one frame, the same on every image
+    assert (res.queries == res.queries[0]).all() and (res.queries <= 60).all()
+
+
+def test_universal_needs_a_patch_or_frame():
+    with pytest.raises(ConfigError, match="universal"):
+        SparseRS(mode="pixels", k=3, universal=True)
