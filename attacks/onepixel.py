@@ -50,6 +50,7 @@ class OnePixel(Attack):
         strategy: str = "rand1",
         max_batch: int = 1024,
         precision: str = "fp32",
+        fold_bn: bool = True,
         loss: str = "prob",
         targeted: bool = False,
         target: int | str | None = None,
@@ -69,7 +70,7 @@ class OnePixel(Attack):
         check_settings(int(popsize), int(maxiter), mutation, float(crossover), strategy)
         self.pixels, self.popsize, self.maxiter = int(pixels), int(popsize), int(maxiter)
         self.mutation, self.crossover, self.strategy = mutation, float(crossover), strategy
-        self.max_batch, self.precision = int(max_batch), precision
+        self.max_batch, self.precision, self.fold_bn = int(max_batch), precision, bool(fold_bn)
         self.want_targeted = bool(targeted) or target is not None
 
     @property
@@ -89,6 +90,8 @@ class OnePixel(Attack):
             p["loss"] = self.loss
         if self.precision != "fp32":
             p["precision"] = self.precision
+        if not self.fold_bn:
+            p["fold_bn"] = False
         if self.want_targeted:
             p["target"] = "other" if self.target is None else self.target
         return p
@@ -116,13 +119,18 @@ class OnePixel(Attack):
         goal = targets if targets is not None else labels
         hw = torch.tensor([h, w], dtype=torch.float32, device=images.device)
         autocast = self.precision == "bf16"
+        # candidates through the model's BatchNorm-folded copy where it has one (models/fold.py: the
+        # same logits to float rounding, 1.2-1.3x faster on resnet20); like bf16, an apparent success
+        # is then confirmed on the model itself in float32
+        fast = self.fold_bn and model.has_folded_copy
 
-        def forward(x: torch.Tensor, owner: torch.Tensor, low: bool) -> torch.Tensor:
-            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=low):
+        def forward(x: torch.Tensor, owner: torch.Tensor, candidate: bool) -> torch.Tensor:
+            # candidate=False: the float32 confirmation on the model itself
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=candidate and autocast):
                 # log-probabilities: DE only compares fitness values, so this is the same search as on
                 # probabilities, but a confident image's p_true = 1 - 1e-9 no longer rounds to 1.0,
                 # which would make every candidate tie and stall the search
-                return torch.log_softmax(model(x, idx=owner).float(), dim=1)
+                return torch.log_softmax(model(x, idx=owner, inference=candidate and fast).float(), dim=1)
 
         def objective(cand: torch.Tensor, idx: torch.Tensor):
             m = cand.shape[0] * cand.shape[1]
@@ -132,17 +140,17 @@ class OnePixel(Attack):
             ok = torch.empty(m, dtype=torch.bool, device=images.device)
             for s in range(0, m, self.max_batch):
                 o = owner[s : s + self.max_batch]
-                logp = forward(paint(images, o, flat[s : s + self.max_batch]), o, autocast)
+                logp = forward(paint(images, o, flat[s : s + self.max_batch]), o, True)
                 fit[s : s + self.max_batch], ok[s : s + self.max_batch] = self._score(
                     logp, goal[o], targets is not None, self.loss
                 )
             fit, ok = fit.view(cand.shape[:2]), ok.view(cand.shape[:2])
-            if autocast and ok.any():
+            if (autocast or fast) and ok.any():
                 ok = confirm(cand, idx, fit, ok)
             return fit, ok
 
         def confirm(cand, idx, fit, ok):
-            # bf16 says some candidates succeed: re-check each such image's best one in float32
+            # bf16 or the folded copy says some candidates succeed: re-check each such image's best one in float32
             # (one more query each). Only a confirmed candidate counts as a success; an image
             # whose best apparent success fails in float32 keeps searching.
             rows = ok.any(1).nonzero().flatten()

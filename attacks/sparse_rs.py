@@ -119,6 +119,7 @@ class SparseRS(Attack):
         exhaustive: bool = False,
         order: str = "guided",
         universal: bool = False,
+        fold_bn: bool = True,
         max_batch: int = 128,
         targeted: bool = False,
         target: int | str | None = None,
@@ -134,7 +135,7 @@ class SparseRS(Attack):
             raise ConfigError("exhaustive=true is the one-pixel check: it needs mode=pixels and k=1")
         if universal and mode == "pixels":
             raise ConfigError("universal=true needs mode=patch or mode=frame (one patch or frame for all images)")
-        self.universal = bool(universal)
+        self.universal, self.fold_bn = bool(universal), bool(fold_bn)
         if order not in ORDERS:
             raise ConfigError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         self.order = order
@@ -168,6 +169,8 @@ class SparseRS(Attack):
             p["queries"] = self.queries
             if self.p_init != P_INIT[self.mode]:
                 p["p_init"] = self.p_init
+        if not self.fold_bn:
+            p["fold_bn"] = False
         if self.want_targeted:
             p["target"] = "other" if self.target is None else self.target
         return p
@@ -208,14 +211,21 @@ class SparseRS(Attack):
         goal = targets if targets is not None else labels
         targeted = targets is not None
 
+        # candidates go through the model's BatchNorm-folded copy where it has one (models/fold.py:
+        # the same logits to float rounding, 1.2-1.3x faster on resnet20); every apparent success is
+        # then asked again of the model itself (one more query), so a success means what it says
+        fast = self.fold_bn and model.has_folded_copy
+
         def evaluate(x: torch.Tensor, owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             loss = torch.empty(len(x), device=x.device)
             ok = torch.empty(len(x), dtype=torch.bool, device=x.device)
             for s in range(0, len(x), self.max_batch):
-                o = owner[s : s + self.max_batch]
-                loss[s : s + self.max_batch], ok[s : s + self.max_batch] = margin(
-                    model(x[s : s + self.max_batch], idx=o), goal[o], targeted
-                )
+                o, xs = owner[s : s + self.max_batch], x[s : s + self.max_batch]
+                m, hit = margin(model(xs, idx=o, inference=fast), goal[o], targeted)
+                if fast and hit.any():
+                    r = hit.nonzero().flatten()
+                    m[r], hit[r] = margin(model(xs[r], idx=o[r]), goal[o[r]], targeted)
+                loss[s : s + self.max_batch], ok[s : s + self.max_batch] = m, hit
             return loss, ok
 
         with torch.inference_mode():

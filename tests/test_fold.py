@@ -1,6 +1,6 @@
 """The folded inference copy (models/fold.py): same logits as the model, only where it is safe,
 one snapshot per attack call, used by QueryCounter only for no-grad inference queries, and
-Square's successes on it re-checked on the model itself."""
+Square's, Sparse-RS's and the one-pixel attack's successes on it re-checked on the model itself."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from torch import nn
 
 import fragility.attacks.base as base
 from fragility.attacks.base import QueryCounter
+from fragility.attacks.onepixel import OnePixel
+from fragility.attacks.sparse_rs import SparseRS
 from fragility.attacks.square import Square
 from fragility.models.cifar_resnet import build
 from fragility.models.fold import folded_copy, why_not
@@ -169,3 +171,47 @@ def test_square_with_the_copy_attacks_like_without_it():
     with torch.no_grad():
         assert (model(on.adv[on.success]).argmax(1) != y[on.success]).all()
     assert Square(fold_bn=False).params()["fold_bn"] is False and "fold_bn" not in Square().params()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda fold: SparseRS(k=1, queries=40, fold_bn=fold),  # the k = 1 walk
+        lambda fold: SparseRS(k=3, queries=40, fold_bn=fold),  # random search
+        lambda fold: SparseRS(mode="patch", size=2, queries=40, universal=True, fold_bn=fold),
+        lambda fold: OnePixel(popsize=10, maxiter=3, fold_bn=fold),
+        lambda fold: OnePixel(popsize=10, maxiter=3, precision="bf16", fold_bn=fold),
+    ],
+    ids=["sparse_rs_k1", "sparse_rs_k3", "sparse_rs_universal", "onepixel", "onepixel_bf16"],
+)
+def test_sparse_attacks_recheck_successes_of_the_copy_on_the_model(monkeypatch, make):
+    monkeypatch.setattr(base, "folded_copy", lambda model: AlwaysFooled())
+    x, y = torch.rand(3, 3, 8, 8), torch.zeros(3, dtype=torch.long)
+    res = make(True)(AlwaysClassZero(), x, y)
+    assert not res.success.any()  # the copy claimed a success for every candidate; the model never did
+    off = make(False)(AlwaysClassZero(), x, y)
+    assert not off.success.any()
+    assert (res.queries > off.queries).all()  # the re-checks are queries too
+
+
+@pytest.mark.parametrize("attack", ["sparse_rs", "onepixel"])
+def test_sparse_attacks_with_the_copy_attack_like_without_it(attack):
+    model = resnet8(seed=0)
+    torch.manual_seed(0)
+    x = nn.functional.interpolate(torch.rand(10, 3, 4, 4), size=32, mode="bilinear")  # smooth: small margins
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    make = {
+        # one image per model call, so that calls count images
+        "sparse_rs": lambda fold: SparseRS(k=5, queries=150, max_batch=1, fold_bn=fold),
+        "onepixel": lambda fold: OnePixel(pixels=10, popsize=20, maxiter=5, max_batch=1, fold_bn=fold),
+    }[attack]
+    spy = Spy(model).eval()
+    on = make(True)(spy, x, y)
+    calls_on = spy.calls
+    off = make(False)(spy, x, y)
+    assert calls_on < (spy.calls - calls_on) / 3  # with the copy the model itself runs only re-checks
+    assert off.success.any() and abs(int(on.success.sum()) - int(off.success.sum())) <= 2
+    with torch.no_grad():
+        assert (model(on.adv[on.success]).argmax(1) != y[on.success]).all()
+    assert make(False).params()["fold_bn"] is False and "fold_bn" not in make(True).params()

@@ -15,6 +15,7 @@ model; then the curves (on the compiled model when it compiled: queries do not d
     python benchmarks/peers/bench_sparse_rs.py --n 100 --threads 2                      # everything (hours on a 2-core CPU)
     python benchmarks/peers/bench_sparse_rs.py --n 20 --threads 1 --figure docs/img/sparse_rs_curve.png
     python benchmarks/peers/bench_sparse_rs.py --n 3 --maxiter 3 --curve-queries 50 --no-compile   # smoke test
+    python benchmarks/peers/bench_sparse_rs.py --n 20 --threads 1 --queries 3000 --fold-compare 1  # BatchNorm-folded copy off vs on
 
 Benchmark extras (never imported by the package): ``pip install torchattacks``.
 """
@@ -33,6 +34,7 @@ import torch
 from bench_onepixel import judge, make_peers, run_fragility, summarize, throughput
 from common import Counting, cifar_resnet, cifar_test, correct_subset, device_name, pick_device, shared_dir, sync
 
+from fragility.attacks.onepixel import OnePixel
 from fragility.attacks.sparse_rs import SparseRS
 from fragility.models.compile import compile_model, is_compiled
 
@@ -95,6 +97,62 @@ def raw_interleaved(eager: torch.nn.Module, compiled: torch.nn.Module, rounds: i
             got.setdefault(f"eager fp32@{b}", []).append(throughput(eager, b, False, seconds))
             got.setdefault(f"compiled fp32@{b}", []).append(throughput(compiled, b, False, seconds))
     return {k: float(np.median(v)) for k, v in got.items()}
+
+
+def fold_compare(model, x, y, args) -> str:
+    """Each query-bound attack with ``fold_bn`` off and on (the model's BatchNorm-folded copy for
+    candidate scores, successes re-checked on the model), in alternation for ``--fold-compare``
+    rounds (median seconds), on the model itself (a ``Counting`` wrapper cannot be traced, so it
+    would turn the copy off): the attacks' own query counts, the same judge."""
+    attacks = {
+        f"sparse_rs k=1, queries={args.queries}": lambda fold: SparseRS(
+            k=1, queries=args.queries, max_batch=args.max_batch, seed=args.seed, fold_bn=fold
+        ),
+        "exhaustive check": lambda fold: SparseRS(k=1, exhaustive=True, max_batch=args.max_batch, seed=args.seed, fold_bn=fold),
+        f"onepixel DE ({args.de_precision}, Su's budget)": lambda fold: OnePixel(
+            popsize=args.popsize,
+            maxiter=args.maxiter,
+            precision=args.de_precision,
+            max_batch=args.max_batch,
+            seed=args.seed,
+            fold_bn=fold,
+        ),
+    }
+    skip = set(args.skip.split(","))
+    attacks = {k: v for k, v in attacks.items() if not any(p in k for p in skip if p) and not ("DE" in k and "de" in skip)}
+    got: dict[tuple[str, bool], dict] = {}
+    for rnd in range(args.fold_compare):
+        for name, make in attacks.items():
+            for fold in (False, True):
+                attack = make(fold)
+                t0 = time.perf_counter()
+                parts = [attack(model, x[s : s + args.batch], y[s : s + args.batch]) for s in range(0, len(x), args.batch)]
+                seconds = time.perf_counter() - t0
+                ok, _ = judge(model, x, torch.cat([p.adv for p in parts]), y, 1)
+                q = torch.cat([p.queries for p in parts])
+                r = got.setdefault((name, fold), {"seconds": [], "success": ok, "queries": q})
+                r["seconds"].append(seconds)
+                print(
+                    f"[round {rnd + 1}] {name} fold_bn={fold}: {int(ok.sum())}/{len(x)} fooled, "
+                    f"mean queries {float(q.float().mean()):,.0f}, {seconds:.1f} s",
+                    flush=True,
+                )
+    out = [
+        "| attack | fold_bn | success | mean queries | s / image (median of rounds) | speed-up from the copy | same images fooled |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in attacks:
+        off, on = got[(name, False)], got[(name, True)]
+        t_off, t_on = float(np.median(off["seconds"])), float(np.median(on["seconds"]))
+        differ = int((off["success"] != on["success"]).sum())
+        same = "yes" if differ == 0 else f"no: {differ} differ"
+        for fold, r, t in ((False, off, t_off), (True, on, t_on)):
+            fooled, mean_q = int(r["success"].sum()), float(r["queries"].float().mean())
+            speedup, agree = (f"{t_off / t_on:.2f}x", same) if fold else ("", "")
+            out.append(
+                f"| {name} | {str(fold).lower()} | {fooled}/{len(x)} | {mean_q:,.0f} | {t / len(x):.2f} | {speedup} | {agree} |"
+            )
+    return "\n".join(out)
 
 
 def curve(r: dict, grid: np.ndarray) -> np.ndarray:
@@ -217,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--raw-only", type=int, default=0, help="only compare raw eager vs compiled throughput, alternating this many rounds"
     )
+    ap.add_argument(
+        "--fold-compare",
+        type=int,
+        default=0,
+        help="only compare each attack with fold_bn off and on (the BatchNorm-folded copy), alternating this many rounds",
+    )
     ap.add_argument("--skip", default="", help="comma list of parts to leave out: exhaustive, de, curves")
     ap.add_argument(
         "--compiled-de-n", type=int, default=0, help="also run fragility's DE on the compiled model on this many images"
@@ -257,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         for b in BATCHES:
             e, c = raw[f"eager fp32@{b}"], raw[f"compiled fp32@{b}"]
             print(f"batch {b}: eager {e:,.0f} img/s, compiled {c:,.0f} img/s, {c / e:.2f}x")
+        return 0
+    if args.fold_compare:
+        print(fold_compare(model, x, y, args))
+        print(f"\ncommand: {cmd}")
         return 0
     raw = {f"eager fp32@{b}": throughput(model, b, False) for b in BATCHES}
     print("raw: " + ", ".join(f"{k} {v:,.0f} img/s" for k, v in raw.items()), flush=True)
