@@ -42,9 +42,9 @@ from fragility.attacks.apgd_t import APGDT
 from fragility.attacks.base import Attack
 from fragility.attacks.fab import FAB
 from fragility.attacks.gradient import LpAttack
-from fragility.attacks.square import PRECISIONS as SQUARE_PRECISIONS
 from fragility.attacks.square import Square
 from fragility.errors import ConfigError
+from fragility.precision import check_precision
 from fragility.rng import mix64
 
 VERSIONS = ("standard", "plus", "rand")
@@ -75,8 +75,7 @@ class AutoAttack(LpAttack):
                 raise ConfigError(f"{key} must be >= 1, got {v}")
         self.version, self.steps, self.n_target_classes = version, int(steps), int(n_target_classes)
         self.queries, self.eot_iter = int(queries), int(eot_iter)
-        if square_precision not in SQUARE_PRECISIONS:
-            raise ConfigError(f"square_precision must be one of {', '.join(SQUARE_PRECISIONS)}, got {square_precision!r}")
+        check_precision(square_precision, "square_precision")
         self.square_precision = square_precision
         self.attacks = self._build()
 

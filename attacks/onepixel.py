@@ -29,8 +29,8 @@ import torch
 from fragility.attacks.base import Attack, other_class_targets
 from fragility.attacks.differential_evolution import as_mutation, check_settings, evolve
 from fragility.errors import ConfigError
+from fragility.precision import check_precision, warn_if_emulated
 
-PRECISIONS = ("fp32", "bf16")
 LOSSES = ("prob", "margin")
 
 
@@ -61,8 +61,7 @@ class OnePixel(Attack):
             raise ConfigError(f"pixels must be >= 1, got {pixels}")
         if int(max_batch) < 1:
             raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        check_precision(precision)
         mutation = as_mutation(mutation)
         if loss not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
@@ -115,6 +114,7 @@ class OnePixel(Attack):
     # ---- the attack --------------------------------------------------------------------------
     def _run(self, model, images, labels, targets, rng):
         n, c, h, w = images.shape
+        warn_if_emulated(self.precision, images.device)
         k, pop = self.pixels, self.popsize
         goal = targets if targets is not None else labels
         hw = torch.tensor([h, w], dtype=torch.float32, device=images.device)

@@ -46,8 +46,8 @@ import torch
 from fragility.attacks.gradient import LpAttack
 from fragility.attacks.losses import margin
 from fragility.errors import ConfigError
+from fragility.precision import check_precision, warn_if_emulated
 
-PRECISIONS = ("fp32", "bf16")
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
@@ -141,8 +141,7 @@ class Square(LpAttack):
             raise ConfigError(f"queries must be >= 1, got {queries}")
         if not 0 < float(p_init) <= 1:
             raise ConfigError(f"p_init must be in (0, 1], got {p_init}")
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        check_precision(precision)
         self.queries, self.p_init, self.precision = int(queries), float(p_init), precision
         self.fold_bn = bool(fold_bn)
 
@@ -255,6 +254,7 @@ class Square(LpAttack):
     # ---- the search ----------------------------------------------------------------------------
     def _run(self, model, images, labels, targets, rng):
         n = len(images)
+        warn_if_emulated(self.precision, images.device)
         if self.eps == 0:
             return images
         all_idx = torch.arange(n, device=images.device)
