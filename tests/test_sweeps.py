@@ -95,6 +95,7 @@ def test_ray_cluster_preset_joins_a_running_cluster(tmp_path, digits_model):
     import shutil
     import signal
     import socket
+    import tempfile
     import time
 
     ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
@@ -127,6 +128,12 @@ def test_ray_cluster_preset_joins_a_running_cluster(tmp_path, digits_model):
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
+        # `ray start` leaves its address in /tmp/ray/ray_current_cluster, and `ray stop` (which would
+        # also stop a user's own cluster) is what removes it; left there, every later plain ray.init()
+        # on this machine (hydra/launcher=ray) would try to join the dead head and time out
+        address_file = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if address_file.is_file() and address_file.read_text().strip().endswith(f":{port}"):
+            address_file.unlink()
 
 
 # -- the experiment grid --------------------------------------------------------------------------
