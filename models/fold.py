@@ -19,6 +19,8 @@ a model that:
   of the modules it flattens, e.g. Grad-CAM's);
 - replaces ``forward`` per instance (``model.compile=true``: Inductor already fuses BN) or reports
   ``last_passes`` (EOT and smoothing wrappers run their network several times per call);
+- contains a module that declares ``randomized = True`` (a randomized defense: a trace would freeze
+  any draw made in Python into one fixed transform);
 - torch.fx cannot trace (data-dependent control flow, TorchScript, most input transformations).
 
 The copy is built anew for each call (``QueryCounter`` keeps it for one attack call only): a traced
@@ -60,6 +62,10 @@ def why_not(model: nn.Module) -> str | None:
         return "hooks registered"
     if any("forward" in mod.__dict__ or "last_passes" in mod.__dict__ for mod in modules):
         return "a per-instance forward (compiled, EOT or smoothing wrapper)"
+    if any(getattr(mod, "randomized", False) for mod in modules):
+        # a randomized defense (defenses/base.py): a trace would freeze any draw made in Python
+        # into one fixed transform, a deterministic stand-in for a random model
+        return "randomized"
     return None
 
 

@@ -74,6 +74,9 @@ def test_no_copy_where_it_is_not_safe():
     model.forward = model.forward  # a per-instance forward (what model.compile=true installs)
     assert folded_copy(model) is None
     assert why_not(NoBN().eval()) == "no BatchNorm"
+    randomized = resnet8()
+    randomized.randomized = True  # what a randomized defense declares (defenses/base.py)
+    assert why_not(randomized) == "randomized" and folded_copy(randomized) is None
 
 
 class Untraceable(nn.Module):

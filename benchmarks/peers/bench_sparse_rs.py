@@ -104,22 +104,29 @@ def fold_compare(model, x, y, args) -> str:
     candidate scores, successes re-checked on the model), in alternation for ``--fold-compare``
     rounds (median seconds), on the model itself (a ``Counting`` wrapper cannot be traced, so it
     would turn the copy off): the attacks' own query counts, the same judge."""
-    attacks = {
-        f"sparse_rs k=1, queries={args.queries}": lambda fold: SparseRS(
-            k=1, queries=args.queries, max_batch=args.max_batch, seed=args.seed, fold_bn=fold
+    skip = set(args.skip.split(","))
+    attacks = {  # name: (the --skip part that leaves it out, constructor given fold_bn)
+        f"sparse_rs k=1, queries={args.queries}": (
+            "k1",
+            lambda fold: SparseRS(k=1, queries=args.queries, max_batch=args.max_batch, seed=args.seed, fold_bn=fold),
         ),
-        "exhaustive check": lambda fold: SparseRS(k=1, exhaustive=True, max_batch=args.max_batch, seed=args.seed, fold_bn=fold),
-        f"onepixel DE ({args.de_precision}, Su's budget)": lambda fold: OnePixel(
-            popsize=args.popsize,
-            maxiter=args.maxiter,
-            precision=args.de_precision,
-            max_batch=args.max_batch,
-            seed=args.seed,
-            fold_bn=fold,
+        "exhaustive check": (
+            "exhaustive",
+            lambda fold: SparseRS(k=1, exhaustive=True, max_batch=args.max_batch, seed=args.seed, fold_bn=fold),
+        ),
+        f"onepixel DE ({args.de_precision}, Su's budget)": (
+            "de",
+            lambda fold: OnePixel(
+                popsize=args.popsize,
+                maxiter=args.maxiter,
+                precision=args.de_precision,
+                max_batch=args.max_batch,
+                seed=args.seed,
+                fold_bn=fold,
+            ),
         ),
     }
-    skip = set(args.skip.split(","))
-    attacks = {k: v for k, v in attacks.items() if not any(p in k for p in skip if p) and not ("DE" in k and "de" in skip)}
+    attacks = {name: make for name, (part, make) in attacks.items() if part not in skip}
     got: dict[tuple[str, bool], dict] = {}
     for rnd in range(args.fold_compare):
         for name, make in attacks.items():
@@ -281,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="only compare each attack with fold_bn off and on (the BatchNorm-folded copy), alternating this many rounds",
     )
-    ap.add_argument("--skip", default="", help="comma list of parts to leave out: exhaustive, de, curves")
+    ap.add_argument(
+        "--skip", default="", help="comma list of parts to leave out: exhaustive, de, curves (--fold-compare: also k1)"
+    )
     ap.add_argument(
         "--compiled-de-n", type=int, default=0, help="also run fragility's DE on the compiled model on this many images"
     )
