@@ -38,6 +38,7 @@ import torch
 
 from fragility.attacks.gradient import LpAttack
 from fragility.errors import ConfigError
+from fragility.flags import parse_flag
 
 
 def project_onto_hyperplane(p: torch.Tensor, w: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
@@ -105,7 +106,7 @@ class FAB(LpAttack):
         if not (eta >= 1 and 0 < beta < 1 and 0 <= alpha_max < 1):
             raise ConfigError(f"need eta >= 1, 0 < beta < 1, 0 <= alpha_max < 1; got {eta}, {beta}, {alpha_max}")
         self.steps, self.restarts, self.n_target_classes = int(steps), int(restarts), int(n_target_classes)
-        self.fab_targeted, self.early_stop = bool(targeted), bool(early_stop)
+        self.fab_targeted, self.early_stop = parse_flag(targeted, "targeted"), parse_flag(early_stop, "early_stop")
         self.eta, self.beta, self.alpha_max = float(eta), float(beta), float(alpha_max)
 
     def params(self):

@@ -29,6 +29,7 @@ import torch
 from fragility.attacks.base import Attack, other_class_targets
 from fragility.attacks.differential_evolution import as_mutation, check_settings, evolve
 from fragility.errors import ConfigError
+from fragility.flags import parse_flag
 from fragility.precision import check_precision, warn_if_emulated
 
 LOSSES = ("prob", "margin")
@@ -69,8 +70,8 @@ class OnePixel(Attack):
         check_settings(int(popsize), int(maxiter), mutation, float(crossover), strategy)
         self.pixels, self.popsize, self.maxiter = int(pixels), int(popsize), int(maxiter)
         self.mutation, self.crossover, self.strategy = mutation, float(crossover), strategy
-        self.max_batch, self.precision, self.fold_bn = int(max_batch), precision, bool(fold_bn)
-        self.want_targeted = bool(targeted) or target is not None
+        self.max_batch, self.precision, self.fold_bn = int(max_batch), precision, parse_flag(fold_bn, "fold_bn")
+        self.want_targeted = parse_flag(targeted, "targeted") or target is not None
 
     @property
     def targeted(self) -> bool:

@@ -19,6 +19,7 @@ import torch
 from fragility.attacks.gradient import LpAttack, ascent_step, check_loss, loss_gradient, project, random_start
 from fragility.budget import parse_budget
 from fragility.errors import ConfigError
+from fragility.flags import parse_flag
 
 
 class PGD(LpAttack):
@@ -42,7 +43,7 @@ class PGD(LpAttack):
             raise ConfigError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
         self.steps, self.restarts = int(steps), int(restarts)
         self.step_size = parse_budget(step_size, "step_size") if step_size is not None else 2.5 * self.eps / self.steps
-        self.random_start = bool(random_start)
+        self.random_start = parse_flag(random_start, "random_start")
         self.loss = check_loss(loss)
 
     def params(self):

@@ -68,6 +68,7 @@ import torch
 
 from fragility.attacks.base import Attack, other_class_targets
 from fragility.errors import ConfigError
+from fragility.flags import parse_flag
 
 MODES = ("pixels", "patch", "frame")
 ORDERS = ("guided", "random")  # the k = 1 walks' candidate order
@@ -131,20 +132,21 @@ class SparseRS(Attack):
         for key, v in (("k", k), ("size", size), ("width", width), ("queries", queries), ("max_batch", max_batch)):
             if int(v) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {v}")
+        exhaustive, universal = parse_flag(exhaustive, "exhaustive"), parse_flag(universal, "universal")
         if exhaustive and (mode != "pixels" or int(k) != 1):
             raise ConfigError("exhaustive=true is the one-pixel check: it needs mode=pixels and k=1")
         if universal and mode == "pixels":
             raise ConfigError("universal=true needs mode=patch or mode=frame (one patch or frame for all images)")
-        self.universal, self.fold_bn = bool(universal), bool(fold_bn)
+        self.universal, self.fold_bn = universal, parse_flag(fold_bn, "fold_bn")
         if order not in ORDERS:
             raise ConfigError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         self.order = order
         self.mode, self.k, self.size, self.width = mode, int(k), int(size), int(width)
-        self.queries, self.exhaustive, self.max_batch = int(queries), bool(exhaustive), int(max_batch)
+        self.queries, self.exhaustive, self.max_batch = int(queries), exhaustive, int(max_batch)
         self.p_init = float(P_INIT[mode] if p_init is None else p_init)
         if self.p_init <= 0:
             raise ConfigError(f"p_init must be > 0, got {p_init}")
-        self.want_targeted = bool(targeted) or target is not None
+        self.want_targeted = parse_flag(targeted, "targeted") or target is not None
         # the leaderboard's threat-model column: pixels / patch side / frame width, all in pixels
         self.norm = {"pixels": "l0", "patch": "l0_patch", "frame": "l0_frame"}[mode]
 

@@ -46,6 +46,7 @@ import torch
 from fragility.attacks.gradient import LpAttack
 from fragility.attacks.losses import margin
 from fragility.errors import ConfigError
+from fragility.flags import parse_flag
 from fragility.precision import check_precision, warn_if_emulated
 
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -143,7 +144,7 @@ class Square(LpAttack):
             raise ConfigError(f"p_init must be in (0, 1], got {p_init}")
         check_precision(precision)
         self.queries, self.p_init, self.precision = int(queries), float(p_init), precision
-        self.fold_bn = bool(fold_bn)
+        self.fold_bn = parse_flag(fold_bn, "fold_bn")
 
     def params(self):
         p = {"norm": self.norm_name, "eps": self.eps, "queries": self.queries}

@@ -34,6 +34,7 @@ from torch import nn
 
 from fragility.budget import format_number
 from fragility.errors import ConfigError
+from fragility.flags import parse_flag
 
 
 def bpda(x: torch.Tensor, transformed: torch.Tensor, approximation: torch.Tensor | None = None) -> torch.Tensor:
@@ -54,7 +55,7 @@ class Defense:
     def __init__(self, *, adaptive: bool = True, eot_samples: int = 8, seed: int = 0) -> None:
         if int(eot_samples) < 1:
             raise ConfigError(f"eot_samples must be >= 1, got {eot_samples}")
-        self.adaptive = bool(adaptive)
+        self.adaptive = parse_flag(adaptive, "adaptive")
         self.eot_samples = int(eot_samples)
         self.seed = int(seed)
 
@@ -174,7 +175,7 @@ def set_adaptive(model: nn.Module, adaptive: bool) -> None:
     """Switch every defense wrapped inside ``model`` (defenses compose) to BPDA/EOT or back."""
     for m in model.modules():
         if isinstance(m, DefendedClassifier):
-            m.adaptive = bool(adaptive)
+            m.adaptive = parse_flag(adaptive, "adaptive")
 
 
 @contextlib.contextmanager

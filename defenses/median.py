@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from fragility.defenses.base import Defense
 from fragility.defenses.jpeg import zero_gradient
 from fragility.errors import ConfigError
+from fragility.flags import parse_flag
 
 
 class Median(Defense):
@@ -33,7 +34,7 @@ class Median(Defense):
         if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
             raise ConfigError(f"median kernel must be an odd integer >= 1 (e.g. 3), got {kernel!r}")
         self.kernel = kernel
-        self.exact_gradient = bool(exact_gradient)
+        self.exact_gradient = parse_flag(exact_gradient, "exact_gradient")
 
     def params(self):
         return {"kernel": self.kernel} if self.exact_gradient else {"kernel": self.kernel, "gradient": "none"}

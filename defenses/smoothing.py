@@ -31,6 +31,7 @@ from scipy.stats import beta, binomtest, norm
 from fragility.defenses.base import DefendedClassifier, Defense, passes
 from fragility.defenses.gaussian_noise import check_sigma, gaussian
 from fragility.errors import ConfigError
+from fragility.flags import parse_flag
 
 
 class Smoothing(Defense):
@@ -59,9 +60,9 @@ class Smoothing(Defense):
         if not 0 < float(alpha) < 1:
             raise ConfigError(f"smoothing alpha must be in (0, 1), got {alpha}")
         self.n0, self.n, self.alpha = int(n0), int(n), float(alpha)
-        self.abstain = bool(abstain)
+        self.abstain = parse_flag(abstain, "abstain")
         self.radii = [float(r) for r in radii]
-        self.run_certify = bool(certify)
+        self.run_certify = parse_flag(certify, "certify")
         self.max_batch = int(max_batch)
 
     def params(self):
