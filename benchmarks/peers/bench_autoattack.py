@@ -22,7 +22,8 @@ Models (``--models``):
 The peers run their own ensembles with their defaults: torchattacks ``AutoAttack(version='standard')``
 (APGD-CE, APGD-T, FAB-T, Square 5000, in the reference's order, but APGD, APGD-T and FAB keep
 torchattacks' default of 10 steps where the reference runs 100; ``fragility_steps10`` is fragility
-with that setting, for a like-for-like time); ART ``AutoAttack`` (APGD-CE and APGD-DLR
+with that setting, for a like-for-like time, and ``fragility_steps10_compiled`` the same on
+``model.compile=true``); ART ``AutoAttack`` (APGD-CE and APGD-DLR
 with 5 random inits each, DeepFool, Square 5000 with 5 restarts; ``eps_step = eps`` so APGD starts
 at the paper's step ``2 eps``).
 
@@ -109,6 +110,15 @@ def run_fragility_steps10_bf16(model, x, y, eps, n_classes):
     return res.adv, float(res.queries.float().mean()), att.extra_metrics(res)
 
 
+def run_fragility_steps10_compiled(model, x, y, eps, n_classes):
+    """torchattacks' step counts on ``model.compile=true`` (``models/compile.py``: Inductor, the
+    compile time inside the measured seconds), on a copy so the other methods keep the eager model."""
+    from fragility.models.compile import compile_model
+
+    compiled = compile_model(copy.deepcopy(model))
+    return run_fragility_steps10(compiled, x, y, eps, n_classes)
+
+
 def run_torchattacks(model, x, y, eps, n_classes):
     import torchattacks
 
@@ -147,6 +157,7 @@ METHODS = {
     "fragility_steps10": run_fragility_steps10,
     "fragility_bf16": run_fragility_bf16,
     "fragility_steps10_bf16": run_fragility_steps10_bf16,
+    "fragility_steps10_compiled": run_fragility_steps10_compiled,
     "torchattacks": run_torchattacks,
     "torchattacks_nchw": run_torchattacks_nchw,
     "ART": run_art,
