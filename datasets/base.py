@@ -98,29 +98,34 @@ def from_arrays(x: np.ndarray, y: np.ndarray, idx: np.ndarray, class_names, name
     return ImageSet(xt, torch.from_numpy(y[idx]), torch.from_numpy(idx.astype(np.int64)), list(class_names), name)
 
 
+def _model_class(name: str, lookup: dict[str, int], n_classes: int) -> int | None:
+    """The model's index for a dataset class: by name (case and ``_`` vs space ignored), or a
+    folder named by its index (``"3"``); None when it is neither."""
+    for key in (name.lower().replace("_", " "), name.lower()):
+        if key in lookup:
+            return lookup[key]
+    return int(name) if name.isdigit() and int(name) < n_classes else None
+
+
 def align_labels(data: ImageSet, class_names: list[str]) -> ImageSet:
     """Map a dataset's labels onto the model's classes when their names differ (e.g. an
     ImageFolder of a few ImageNet classes scored by a 1000-class model)."""
     if list(data.class_names) == list(class_names):
         return data
     lookup = {c.lower(): i for i, c in enumerate(class_names)}
-    mapping = []
-    for c in data.class_names:
-        key = c.lower().replace("_", " ")
-        if key in lookup or c.lower() in lookup:
-            mapping.append(lookup.get(key, lookup.get(c.lower())))
-        elif c.isdigit() and int(c) < len(class_names):
-            mapping.append(int(c))
-        else:
-            mapping = []
-            break
+    found = [_model_class(c, lookup, len(class_names)) for c in data.class_names]
+    mapping = found if all(i is not None for i in found) else []
     if mapping:
         data.y = torch.tensor(mapping, dtype=torch.long)[data.y]
         data.class_names = list(class_names)
         return data
     if len(data.class_names) == len(class_names):
         return data  # same number of classes under other names: trust the indices
-    raise DataError(f"dataset {data.name} has {len(data.class_names)} classes that do not match the model's {len(class_names)}")
+    unknown = [c for c, i in zip(data.class_names, found, strict=True) if i is None]
+    raise DataError(
+        f"dataset {data.name} has {len(data.class_names)} classes that do not match the model's {len(class_names)}"
+        f" (not a class of the model: {', '.join(repr(c) for c in unknown[:3])}{', ...' if len(unknown) > 3 else ''})"
+    )
 
 
 def source_label(source, data: ImageSet) -> str:

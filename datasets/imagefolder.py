@@ -43,7 +43,16 @@ class ImageFolder:
         except (FileNotFoundError, OSError) as e:
             raise DataError(f"cannot read image folder {self.root}: {e}") from None
         idx = seeded_subset(len(ds), n_samples, seed)
-        xs = torch.stack([ds[int(i)][0] for i in idx])
+        xs = torch.stack([_read(ds, int(i)) for i in idx])
         ys = np.array([ds.targets[int(i)] for i in idx], dtype=np.int64)
         names = self.class_names or list(ds.classes)
         return ImageSet(xs.to(torch.uint8), torch.from_numpy(ys), torch.from_numpy(idx.astype(np.int64)), names, self.name)
+
+
+def _read(ds, i: int) -> torch.Tensor:
+    """Image ``i`` of a torchvision ImageFolder; a file that does not decode is a DataError naming it."""
+    try:
+        return ds[i][0]
+    except Exception as e:  # PIL raises many types for bad files: OSError, SyntaxError, ValueError, DecompressionBombError
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        raise DataError(f"cannot read image {ds.samples[i][0]}: {type(e).__name__}: {first}") from None

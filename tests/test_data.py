@@ -76,6 +76,14 @@ def test_imagefolder_resizes_to_model_input(tmp_path):
         ImageFolder(str(tmp_path / "nope")).load(2, 0)
 
 
+def test_imagefolder_names_a_file_that_does_not_decode(tmp_path):
+    (tmp_path / "cat").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "cat" / "ok.png")
+    (tmp_path / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    with pytest.raises(DataError, match=r"cannot read image .*broken\.jpg: UnidentifiedImageError"):
+        ImageFolder(str(tmp_path)).load(None, 0, input_size=(3, 8, 8))
+
+
 def test_torchvision_cifar10_on_local_files(tmp_path, monkeypatch):
     from torchvision.datasets import CIFAR10
 
@@ -113,5 +121,9 @@ def test_align_labels_by_class_name():
     out = align_labels(ds, model_names)
     assert out.y.tolist() == [859, 954, 954]
     bad = ImageSet(torch.zeros(1, 3, 2, 2), torch.tensor([0]), torch.arange(1), ["x", "y", "z"], "f")
-    with pytest.raises(DataError, match="do not match"):
+    with pytest.raises(DataError, match=r"do not match .*not a class of the model: 'x', 'y', 'z'"):
         align_labels(bad, ["a", "b"])
+    # a folder named by index matches; only the unmatched name is reported
+    mixed = ImageSet(torch.zeros(1, 3, 2, 2), torch.tensor([0]), torch.arange(1), ["1", "toaster", "q"], "f")
+    with pytest.raises(DataError, match=r"not a class of the model: 'q'\)"):
+        align_labels(mixed, model_names)
