@@ -94,7 +94,7 @@ def _leaderboard_app(cfg: DictConfig) -> None:
         if cfg.get("check"):  # fragility-leaderboard --check: the full integrity check, not only the quick one on open
             print(f"[fragility] integrity check of {store.path}: {store.check()}")
         if cfg.get("merge_from"):  # e.g. a laptop's results dir into the team's database; rows keyed by config hash
-            copied, present = merge_stores(ResultStore(cfg.merge_from), store)
+            copied, present = merge_stores(ResultStore(cfg.merge_from, read_only=True), store)  # never creates it
             print(f"[fragility] merged {cfg.merge_from} into {store.path}: {copied} runs copied, {present} already there")
         records = store.records()
     except FragilityError as e:

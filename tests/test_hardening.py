@@ -322,6 +322,13 @@ def test_leaderboard_bad_command_line_is_one_line(arg):
     assert err.startswith("fragility-leaderboard: error: ") and "Traceback" not in err + out
 
 
+def test_merge_from_a_missing_store_is_one_line_and_creates_nothing(env):
+    missing = env["t"] / "typo-of-a-results-dir"
+    code, _out, err = call_cli([f"results_dir={env['results']}", f"merge_from={missing}"], entry=cli.leaderboard_main)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no results store in" in err, err
+    assert not missing.exists()  # a typo never leaves an empty store behind
+
+
 def test_leaderboard_check_reports_a_corrupt_store(env):
     code, _out, err = call_cli([f"results_dir={env['truncated']}", "--check"], entry=cli.leaderboard_main)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
