@@ -26,25 +26,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from fragility.benchmarks.store import DB_NAME, ResultStore
     from fragility.benchmarks.worst_case import compare, samples_for
+    from fragility.errors import FragilityError
 
     if "://" not in args.results_dir and not (Path(args.results_dir) / DB_NAME).is_file():
-        print(
-            f"fragility: error: no results store in {args.results_dir} (expected {DB_NAME}); run fragility first", file=sys.stderr
-        )
-        return 2
-    store = ResultStore(args.results_dir)
-    records = store.records()
+        return _error(f"no results store in {args.results_dir} (expected {DB_NAME}); run fragility first")
     try:
+        store = ResultStore(args.results_dir, read_only=True)  # only reads; a corrupt store is one line
+        records = store.records()
         out = compare(records, samples_for(store, records), args.a, args.b, args.threat)
-    except ValueError as e:
-        print(f"fragility: error: {e}", file=sys.stderr)
-        return 2
+    except (FragilityError, ValueError) as e:
+        return _error(str(e))
     if out.empty:
         print(f"no threat model, dataset and seed scored for both {args.a} and {args.b}")
         return 0
     print(out.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print("only_a / only_b: images robust under a only / b only; pvalue: McNemar exact (two-sided)")
     return 0
+
+
+def _error(msg: str) -> int:
+    print(f"fragility-compare: error: {msg}", file=sys.stderr)
+    return 2
 
 
 def cli() -> None:

@@ -329,6 +329,16 @@ def test_merge_from_a_missing_store_is_one_line_and_creates_nothing(env):
     assert not missing.exists()  # a typo never leaves an empty store behind
 
 
+def test_compare_on_a_corrupt_or_missing_store_is_one_line(env, capsys):
+    from fragility.benchmarks.compare import main as compare_main
+
+    for where, why in ((env["truncated"], r"corrupt|malformed"), (env["t"] / "nowhere", "no results store in")):
+        assert compare_main(["a", "b", "--results-dir", str(where)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("fragility-compare: error: "), err
+        assert re.search(why, err), err
+
+
 def test_leaderboard_check_reports_a_corrupt_store(env):
     code, _out, err = call_cli([f"results_dir={env['truncated']}", "--check"], entry=cli.leaderboard_main)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
