@@ -128,6 +128,12 @@ class LpAttack(Attack):
         super().__init__(target=target, seed=seed)
         self.eps = parse_budget(eps, "eps")
         self.norm_name = check_norm(norm)
+        if self.norm_name == "linf" and self.eps > 1:
+            # pixels lie in [0, 1]: eps = 1 already allows any image, so a larger value is a typo,
+            # most often a pixel count meant as k/255
+            raise ConfigError(
+                f"eps={eps} is more than 1, the whole [0, 1] pixel range, for an Linf budget (8 pixel levels is eps=8/255)"
+            )
 
     @property
     def norm(self) -> str:  # type: ignore[override]

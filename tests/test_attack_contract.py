@@ -137,3 +137,14 @@ def test_bad_images_rejected(tiny_model, tiny_batch):
         FGSM(eps=0.1)(tiny_model, x * 3, y)
     with pytest.raises(InputError, match="labels"):
         FGSM(eps=0.1)(tiny_model, x, y[:3])
+
+
+def test_an_linf_budget_above_the_pixel_range_is_refused():
+    """eps = 8 meant as 8/255 would silently allow any image; L2 budgets may exceed 1."""
+    from fragility.attacks import APGD, FGSM, PGD, Square
+    from fragility.errors import ConfigError
+
+    for cls in (FGSM, PGD, APGD, Square):
+        with pytest.raises(ConfigError, match=r"eps=8 is more than 1.*8/255"):
+            cls(eps=8)
+    assert PGD(eps=1).eps == 1.0 and PGD(eps=2, norm="l2").eps == 2.0
