@@ -30,15 +30,18 @@ def fail(prog: str, msg: str) -> None:
 def precheck(argv: list[str]) -> None:
     """Overrides that Hydra's grammar rejects, and unknown config-group names (also with a package,
     ``dataset@content=...``), get one line (before Hydra's multi-line messages)."""
+    from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
+    # Hydra's own parser separates the overrides from its flags and their values (--config-dir DIR)
+    overrides = list(get_args_parser().parse_known_args(argv)[0].overrides)
     try:
-        OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+        OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as e:
         raise ConfigError(f"cannot parse the override: {str(e).splitlines()[0]} (quote values with special characters)") from None
-    for arg in argv:
-        if arg.startswith("-") or "=" not in arg:
+    for arg in overrides:
+        if "=" not in arg:
             continue
         key, _, value = arg.lstrip("+~").partition("=")
         group = key.partition("@")[0]

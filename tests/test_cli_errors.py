@@ -98,3 +98,18 @@ def test_results_intact_after_bad_runs(outcomes):
 
 def test_malicious_checkpoint_never_ran(outcomes):
     assert not MARKER.exists()
+
+
+def test_flag_values_are_not_read_as_overrides(tmp_path):
+    """``--config-dir DIR`` (Hydra's flag with its value as the next word) was parsed as an override."""
+    from fragility.benchmarks.apps import precheck
+    from fragility.errors import ConfigError
+
+    weird = tmp_path / "my conf (v2)"  # a path Hydra's override grammar would reject
+    weird.mkdir()
+    precheck(["--config-dir", str(weird), "-m", "attack=fgsm,pgd"])
+    precheck(["-cd", str(weird), "--config-name", "config", "attack=fgsm"])
+    with pytest.raises(ConfigError, match="unknown attack 'nope'"):
+        precheck(["-cd", str(weird), "attack=nope"])
+    with pytest.raises(ConfigError, match="cannot parse the override"):
+        precheck(["--config-dir", str(weird), "attack=[unclosed"])
