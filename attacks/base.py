@@ -228,11 +228,19 @@ class Attack(ABC):
             model.check_images(images)
         elif not torch.is_tensor(images) or images.dim() != 4 or not images.is_floating_point():
             raise InputError("images must be a float NCHW tensor")
+        if images.numel() and not bool(torch.isfinite(images).all()):  # NaN passes every range comparison
+            bad = int((~torch.isfinite(images)).sum())
+            raise InputError(f"images contain NaN or Inf values ({bad} of {images.numel()})")
         if images.numel() and (images.min() < 0 or images.max() > 1):
             raise InputError("images must lie in [0, 1] (normalization belongs to the model wrapper)")
         labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         if len(labels) != len(images):
             raise InputError(f"{len(labels)} labels for {len(images)} images")
+        n_classes = getattr(model, "num_classes", None)
+        if len(labels) and (int(labels.min()) < 0 or (isinstance(n_classes, int) and int(labels.max()) >= n_classes)):
+            low, high = int(labels.min()), int(labels.max())
+            where = f"in [0, {n_classes})" if isinstance(n_classes, int) else ">= 0"
+            raise InputError(f"labels must be class indices {where}, got {low if low < 0 else high}")
         if self.needs_gradients and not getattr(model, "differentiable", True):
             raise ConfigError(f"{self.name} needs gradients, but the model declares it is not differentiable")
         return images.float(), labels

@@ -148,3 +148,17 @@ def test_an_linf_budget_above_the_pixel_range_is_refused():
         with pytest.raises(ConfigError, match=r"eps=8 is more than 1.*8/255"):
             cls(eps=8)
     assert PGD(eps=1).eps == 1.0 and PGD(eps=2, norm="l2").eps == 2.0
+
+
+def test_nan_images_and_out_of_range_labels_are_input_errors(tiny_model, tiny_batch):
+    """NaN passes every range comparison, so it needs its own check; a label beyond the model's
+    classes was an IndexError from deep inside the attack."""
+    x, y = tiny_batch
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match=r"NaN or Inf values \(1 of"):
+        PGD(eps=0.1, steps=1)(tiny_model, bad, y)
+    with pytest.raises(InputError, match=r"labels must be class indices in \[0, \d+\), got 99"):
+        FGSM(eps=0.1)(tiny_model, x, torch.full_like(y, 99))
+    with pytest.raises(InputError, match="got -1"):
+        FGSM(eps=0.1)(tiny_model, x, torch.full_like(y, -1))
