@@ -115,6 +115,8 @@ class OnePixel(Attack):
     # ---- the attack --------------------------------------------------------------------------
     def _run(self, model, images, labels, targets, rng):
         n, c, h, w = images.shape
+        if self.pixels > h * w:  # refused, not clamped: the record would name a budget never run
+            raise ConfigError(f"pixels={self.pixels} is more than the {h * w} pixels of each {h}x{w} image")
         warn_if_emulated(self.precision, images.device)
         k, pop = self.pixels, self.popsize
         goal = targets if targets is not None else labels

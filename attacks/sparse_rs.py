@@ -209,7 +209,18 @@ class SparseRS(Attack):
         return torch.where(keep[:, None], adv, images)
 
     # ---- the attack --------------------------------------------------------------------------
+    def _check_fits(self, h: int, w: int) -> None:
+        """A budget the image cannot hold is a configuration error, not a silent clamp: the record
+        would name a threat model that was never run."""
+        if self.mode == "pixels" and self.k > h * w:
+            raise ConfigError(f"k={self.k} is more than the {h * w} pixels of each {h}x{w} image")
+        if self.mode == "patch" and self.size > min(h, w):
+            raise ConfigError(f"size={self.size} does not fit in each {h}x{w} image")
+        if self.mode == "frame" and 2 * self.width >= min(h, w):
+            raise ConfigError(f"width={self.width} makes the frame the whole {h}x{w} image (at most {(min(h, w) - 1) // 2})")
+
     def _run(self, model, images, labels, targets, rng):
+        self._check_fits(*images.shape[-2:])
         goal = targets if targets is not None else labels
         targeted = targets is not None
 

@@ -289,3 +289,21 @@ def test_universal_frame_is_one_frame_and_leaves_the_inside(tiny_model, tiny_bat
 def test_universal_needs_a_patch_or_frame():
     with pytest.raises(ConfigError, match="universal"):
         SparseRS(mode="pixels", k=3, universal=True)
+
+
+def test_a_budget_the_image_cannot_hold_is_refused_not_clamped(tiny_model, tiny_batch):
+    """k=100000 on an 8x8 image ran as k=64 while the record said 100000."""
+    from fragility.attacks.onepixel import OnePixel
+
+    x, y = tiny_batch
+    h, w = x.shape[-2:]
+    cases = [
+        (SparseRS(k=h * w + 1, queries=5), rf"k={h * w + 1} is more than the {h * w} pixels"),
+        (SparseRS(mode="patch", size=h + 1, queries=5), "does not fit"),
+        (SparseRS(mode="frame", width=min(h, w) // 2, queries=5), "makes the frame the whole"),
+        (OnePixel(pixels=h * w + 1, popsize=4, maxiter=1), "is more than the"),
+    ]
+    for attack, match in cases:
+        with pytest.raises(ConfigError, match=match):
+            attack(tiny_model, x, y)
+    assert len(SparseRS(k=h * w, queries=3)(tiny_model, x, y)) == len(x)  # the whole image still fits
