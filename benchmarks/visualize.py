@@ -140,9 +140,8 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
         if key and key in modules:
             return modules[key]
     convs = [k.removeprefix("net.") for k, m in modules.items() if isinstance(m, nn.Conv2d)]
-    raise ConfigError(
-        f"no layer {name!r} in {getattr(model, 'name', 'the model')} (conv layers: {', '.join(convs[:4])} ... {', '.join(convs[-3:])})"
-    )
+    shown = ", ".join(convs) if len(convs) <= 7 else f"{', '.join(convs[:4])} ... {', '.join(convs[-3:])}"
+    raise ConfigError(f"no layer {name!r} in {getattr(model, 'name', 'the model')} (conv layers: {shown or 'none'})")
 
 
 def conv_layer_names(model: nn.Module) -> list[str]:

@@ -193,6 +193,7 @@ def test_class_visualization_priors_lower_total_variation(digits_model):
 
 def test_filter_visualization_cifar_resnet_far_above_random():
     from fragility.models.cifar_resnet import build
+    from fragility.models.digits_cnn import build as build_digits
 
     torch.manual_seed(0)
     model = build(20)
@@ -205,8 +206,10 @@ def test_filter_visualization_cifar_resnet_far_above_random():
             rand = torch.stack([channel_activation(model, mod, noise, torch.full((16,), c)) for c in (0, 5, 9)])
         z = (vis.score - rand.mean(1)) / rand.std(1)  # in standard deviations of random images' activations
         assert (z > 10).all(), (layer, z)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"no layer 'layer9.conv' .*conv1, layer1.0.conv1, .* \.\.\. .*layer3.2.conv2\)"):
         visualize_filters(model, "layer9.conv", [0])
+    with pytest.raises(ConfigError, match=r"\(conv layers: conv1, conv2, conv3\)$"):  # a short list in full, once
+        find_layer(build_digits(), "nope")
     with pytest.raises(ConfigError):
         visualize_filters(model, "conv1", [16], steps=1)
 
