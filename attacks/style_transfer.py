@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fragility.budget import parse_number
 from fragility.errors import ConfigError, InputError
 from fragility.models.wrapper import eval_mode
 from fragility.rng import SampleRNG
@@ -207,6 +208,18 @@ class StyleOutput:
     seconds: float
 
 
+def check_settings(*, steps, lr, content_weight, style_weight, **_) -> None:
+    """ConfigError unless the optimisation can move the image: ``steps >= 1`` (no step leaves the
+    start image, content without style or noise without content), ``lr > 0``, weights ``>= 0``."""
+    if int(steps) < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps}")
+    if not parse_number(lr, "lr") > 0:
+        raise ConfigError(f"lr must be positive, got {lr}")
+    for key, value in (("content_weight", content_weight), ("style_weight", style_weight)):
+        if parse_number(value, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+
+
 def style_transfer(
     extractor: FeatureExtractor,
     content: torch.Tensor,
@@ -226,6 +239,7 @@ def style_transfer(
     per-sample streams, so a batch equals one image at a time)."""
     if init not in INITS:
         raise ConfigError(f"unknown init {init!r} (valid: {', '.join(INITS)})")
+    check_settings(steps=steps, lr=lr, content_weight=content_weight, style_weight=style_weight)
     if content.shape != style.shape:
         raise InputError(f"content {tuple(content.shape)} and style {tuple(style.shape)} images differ in shape")
     t0 = time.perf_counter()

@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from fragility.attacks.shape_bias import build_cue_conflict, read_meta, save_cue_conflict
-from fragility.attacks.style_transfer import FeatureExtractor
+from fragility.attacks.style_transfer import FeatureExtractor, check_settings
 from fragility.benchmarks.config import safe_instantiate
 from fragility.benchmarks.figures import save_figure, style_panel
 from fragility.benchmarks.record import RunRecord
@@ -118,6 +118,7 @@ def build_set(cfg: DictConfig) -> Path:
                 ys, yt, tid = (torch.from_numpy(f[k]) for k in ("y", "y_texture", "texture_id"))
             _set_picture(path, content, textures, x, ys, yt, tid, str(meta.get("feature_network")))
         return path
+    check_settings(**{k: cfg[k] for k in TRANSFER_KEYS})  # before any loading or progress bar
     device, features, content, textures = _sources(cfg)
     extractor = FeatureExtractor(features, cfg.content_layer, list(cfg.style_layers) if cfg.style_layers else None)
     bar = tqdm(total=len(content), desc=f"cue-conflict ({extractor.name})", unit="img", disable=not cfg.progress, leave=False)

@@ -69,6 +69,23 @@ def test_strength_zero_returns_the_content_exactly(tiny_model, tiny_batch):
         assert torch.equal(out.images, x)
 
 
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"steps": 0}, "steps must be >= 1"),
+        ({"lr": -0.1}, "lr must be positive"),
+        ({"lr": float("nan")}, "lr must be finite"),
+        ({"style_weight": -1}, "style_weight must be >= 0"),
+    ],
+)
+def test_style_transfer_refuses_settings_that_transfer_nothing(tiny_model, tiny_batch, bad, match):
+    """fragility-style steps=0 built a 'cue-conflict' set of unchanged content images and scored
+    a shape bias of 99.6% on it."""
+    x, _ = tiny_batch
+    with pytest.raises(ConfigError, match=match):
+        style_transfer(FeatureExtractor(tiny_model), x, torch.rand_like(x), **bad)
+
+
 def test_style_transfer_lowers_style_loss_and_mixed_strengths_are_per_image(tiny_model, tiny_batch):
     x, _ = tiny_batch
     style = torch.rand_like(x).roll(1, 0)
