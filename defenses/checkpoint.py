@@ -42,5 +42,5 @@ class Checkpoint(Defense):
                 f"defense=checkpoint needs a Classifier with a .net to load weights into, got {type(model).__name__}"
             )
         clone = copy.deepcopy(model)
-        load_weights(clone.net, self.path)
+        load_weights(clone.net, self.path, normalization=(clone.mean, clone.std))
         return DefendedClassifier(clone.eval(), self)

@@ -68,6 +68,9 @@ def _pickle_makes_objects(path: Path, limit: int = 1_000_000) -> bool:
     return seen
 
 
+_WRAPPER_BUFFERS = ("mean", "std")  # Classifier's normalization buffers (models/wrapper.py)
+
+
 def extract_state_dict(obj: Mapping, path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
     """Find the state dict inside a checkpoint and strip a ``module.`` (DataParallel) prefix."""
     sd = obj
@@ -86,9 +89,39 @@ def extract_state_dict(obj: Mapping, path: str | Path = "checkpoint") -> dict[st
     return tensors
 
 
-def load_weights(net: nn.Module, path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load ``path`` into ``net`` strictly; a mismatch is one line that says what differs."""
-    sd = extract_state_dict(load_checkpoint(path, map_location), path)
+def split_wrapper(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A fragility :class:`~fragility.models.wrapper.Classifier`'s own ``state_dict()`` (the
+    network under ``net.``, the input normalization as ``mean``/``std`` beside it) as the network's
+    weights and that normalization; any other state dict is returned as it is, with ``{}``."""
+    rest = [k for k in sd if k not in _WRAPPER_BUFFERS]
+    if set(_WRAPPER_BUFFERS) <= set(sd) and rest and all(k.startswith("net.") for k in rest):
+        return {k[len("net.") :]: sd[k] for k in rest}, {k: sd[k] for k in _WRAPPER_BUFFERS}
+    return sd, {}
+
+
+def _plain(normalization: tuple) -> list:
+    """``(mean, std)`` as float lists or tensors (config values arrive as OmegaConf lists)."""
+    return [v.detach().cpu() if torch.is_tensor(v) else [float(x) for x in v] for v in normalization]
+
+
+def load_weights(
+    net: nn.Module, path: str | Path, map_location: str | torch.device = "cpu", normalization: tuple | None = None
+) -> nn.Module:
+    """Load ``path`` into ``net`` strictly; a mismatch is one line that says what differs.
+
+    A file saved from a whole fragility ``Classifier`` loads too; its stored ``mean``/``std`` must
+    then equal ``normalization`` (the model config's ``(mean, std)``), since weights trained behind
+    one normalization are wrong behind another."""
+    sd, stored = split_wrapper(extract_state_dict(load_checkpoint(path, map_location), path))
+    if stored and normalization is not None:
+        want = [torch.as_tensor(v, dtype=torch.float32).flatten() for v in _plain(normalization)]
+        have = [stored[k].float().flatten().cpu() for k in _WRAPPER_BUFFERS]
+        if any(a.shape != b.shape or not torch.allclose(a, b, atol=1e-6) for a, b in zip(have, want, strict=True)):
+            fmt = lambda t: "[" + ", ".join(f"{x:.4g}" for x in t.tolist()) + "]"
+            raise CheckpointError(
+                f"{path} was saved behind normalization mean={fmt(have[0])} std={fmt(have[1])}, but the model config has "
+                f"mean={fmt(want[0])} std={fmt(want[1])}; set model.mean and model.std to the saved values"
+            )
     own = net.state_dict()
     # BatchNorm's num_batches_tracked buffer (PyTorch >= 0.4.1) is absent from older checkpoints
     # (e.g. the published CIFAR ResNets) and unused in eval mode: keep the model's own value

@@ -93,7 +93,7 @@ def build(
     ``compile``: forward through torch.compile (models/compile.py)."""
     net = CifarResNet(int(depth), int(num_classes))
     if checkpoint:
-        load_weights(net, Path(checkpoint))
+        load_weights(net, Path(checkpoint), normalization=(mean, std))
     names = list(class_names) if class_names else (CIFAR10_CLASSES if num_classes == 10 else [str(i) for i in range(num_classes)])
     model = Classifier(net, mean=mean, std=std, input_size=(3, 32, 32), class_names=names, name=f"cifar_resnet{depth}")
     return maybe_compile(identify(model, checkpoint), compile, channels_last)

@@ -84,7 +84,7 @@ def build(checkpoint: str | None = None, retrain: bool = False, compile: bool = 
     net = DigitsCNN()
     path = None
     if checkpoint:
-        load_weights(net, checkpoint)
+        load_weights(net, checkpoint, normalization=(DIGITS_MEAN, DIGITS_STD))
     else:
         path = cache_dir() / f"digits_cnn-v{RECIPE_VERSION}.pt"
         loaded = False

@@ -58,7 +58,7 @@ def build(
     elif format == "state_dict":
         if not arch:
             raise ConfigError("model=checkpoint with a state dict needs model.arch (e.g. cifar_resnet20, resnet18)")
-        net = load_weights(_arch(arch, int(num_classes)), p)
+        net = load_weights(_arch(arch, int(num_classes)), p, normalization=(mean, std))
     else:
         raise ConfigError(f"unknown checkpoint format {format!r} (state_dict, torchscript)")
     names = list(class_names) if class_names else [str(i) for i in range(int(num_classes))]

@@ -52,7 +52,7 @@ def build(
     else:
         net = fn(weights=None, num_classes=int(num_classes), **kwargs)
         if checkpoint:
-            load_weights(net, checkpoint)
+            load_weights(net, checkpoint, normalization=(IMAGENET_MEAN, IMAGENET_STD))
     if class_names:
         names = list(class_names)
     elif int(num_classes) == 1000:

@@ -35,6 +35,23 @@ def test_cifar_resnet_roundtrip_with_module_prefix_and_nesting(tmp_path):
     assert model.class_names[9] == "truck"
 
 
+def test_a_whole_classifier_state_dict_loads_behind_its_own_normalization(tmp_path):
+    """``torch.save(model.state_dict())`` of a fragility Classifier: the network under ``net.``, its
+    normalization beside it. It loads, and only behind the normalization it was saved with."""
+    src = cifar_resnet.build(depth=32, channels_last=False)
+    torch.save(src.state_dict(), tmp_path / "whole.pt")
+    model = cifar_resnet.build(depth=32, checkpoint=str(tmp_path / "whole.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(model.net.state_dict().values(), src.net.state_dict().values(), strict=True))
+    with pytest.raises(
+        CheckpointError, match=r"saved behind normalization mean=\[0.485.*model config has mean=\[0.5, 0.5, 0.5\]"
+    ):
+        cifar_resnet.build(depth=32, checkpoint=str(tmp_path / "whole.pt"), mean=(0.5,) * 3, std=(0.5,) * 3)
+    with pytest.raises(CheckpointError, match="saved behind normalization"):  # model=checkpoint's default is no normalization
+        generic.build(path=str(tmp_path / "whole.pt"), arch="cifar_resnet32")
+    mean, std = list(cifar_resnet.CIFAR_MEAN), list(cifar_resnet.CIFAR_STD)
+    assert generic.build(path=str(tmp_path / "whole.pt"), arch="cifar_resnet32", mean=mean, std=std).num_classes == 10
+
+
 def test_shared_checkpoints_load(shared_dir):
     for depth, name in [(20, "resnet20-12fca82f.th"), (32, "resnet32-d509ac18.th")]:
         m = cifar_resnet.build(depth=depth, checkpoint=str(shared_dir / "models" / "cifar10" / name))
