@@ -54,6 +54,8 @@ def check_labels(y, n_images: int, where: str) -> np.ndarray:
     """Labels as int64: a non-empty 1-D integer array with one label per image, else a one-line
     DataError naming ``where`` (float labels are never truncated, NaN never cast)."""
     y = np.asarray(y)
+    if y.ndim == 2 and y.shape[0] == n_images and y.shape[1] > 1:
+        raise DataError(f"{where}: labels must be 1-D class indices, got shape {y.shape} (one-hot? store y.argmax(1))")
     if y.dtype.kind not in "iu":
         raise DataError(f"{where}: labels must be integers, got dtype {y.dtype}")
     if y.ndim != 1:

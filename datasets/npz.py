@@ -59,6 +59,12 @@ class Npz:
             x = x[..., None] if self.layout == "nhwc" else x[:, None]
         if x.ndim != 4:
             raise DataError(f"{self.path}: x must be (N, H, W, C) images, got shape {x.shape}")
+        channels, other = (x.shape[-1], x.shape[1]) if self.layout == "nhwc" else (x.shape[1], x.shape[-1])
+        if channels > 4 and other in (1, 3, 4):  # 32 "channels" beside a side of 3: the other layout
+            want = "nchw" if self.layout == "nhwc" else "nhwc"
+            raise DataError(
+                f"{self.path}: x of shape {x.shape} looks {want.upper()}, not {self.layout.upper()}: set dataset.layout={want}"
+            )
         y = check_labels(y, len(x), str(self.path))
         names = self.class_names or [str(i) for i in range(int(np.max(y)) + 1)]
         if int(np.max(y)) >= len(names):

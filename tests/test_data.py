@@ -52,6 +52,22 @@ def test_npz_errors(tmp_path, npz):
         Npz(str(tmp_path / "nokeys.npz")).load(2, 0)
 
 
+def test_npz_in_the_other_layout_or_with_one_hot_labels_says_what_to_change(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    y = np.arange(12) % 4
+    np.savez(tmp_path / "nchw.npz", x=x.transpose(0, 3, 1, 2), y=y)
+    with pytest.raises(DataError, match=r"looks NCHW, not NHWC: set dataset.layout=nchw"):
+        Npz(str(tmp_path / "nchw.npz")).load(None, 0)
+    assert Npz(str(tmp_path / "nchw.npz"), layout="nchw").load(None, 0).image_size == (3, 16, 16)
+    np.savez(tmp_path / "nhwc.npz", x=x, y=y)
+    with pytest.raises(DataError, match=r"looks NHWC, not NCHW: set dataset.layout=nhwc"):
+        Npz(str(tmp_path / "nhwc.npz"), layout="nchw").load(None, 0)
+    np.savez(tmp_path / "onehot.npz", x=x, y=np.eye(4)[y])
+    with pytest.raises(DataError, match=r"1-D class indices, got shape \(12, 4\) \(one-hot\? store y.argmax\(1\)\)"):
+        Npz(str(tmp_path / "onehot.npz")).load(None, 0)
+
+
 def test_digits_split_disjoint_and_sized():
     from fragility.datasets.digits import digits_arrays
 
