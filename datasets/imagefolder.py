@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,11 +44,33 @@ class ImageFolder:
             ds = TVImageFolder(str(self.root), transform=v2.Compose(tf))
         except (FileNotFoundError, OSError) as e:
             raise DataError(f"cannot read image folder {self.root}: {e}") from None
+        _count_each_file_once(ds, self.root)
         idx = seeded_subset(len(ds), n_samples, seed)
         xs = torch.stack([_read(ds, int(i)) for i in idx])
         ys = np.array([ds.targets[int(i)] for i in idx], dtype=np.int64)
         names = self.class_names or list(ds.classes)
         return ImageSet(xs.to(torch.uint8), torch.from_numpy(ys), torch.from_numpy(idx.astype(np.int64)), names, self.name)
+
+
+def _count_each_file_once(ds, root: Path) -> None:
+    """torchvision walks the folder following symlinks, so a link back up the tree (``cat/loop ->
+    ..``) lists every image again at each level, ~40 times: keep each real file once (in place)."""
+    seen: set[str] = set()
+    keep = []
+    for path, target in ds.samples:
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            keep.append((path, target))
+    if len(keep) < len(ds.samples):
+        warnings.warn(
+            f"image folder {root}: {len(ds.samples) - len(keep)} paths lead to files already listed (symlinks); "
+            f"each file counted once ({len(keep)} images)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        ds.samples = ds.imgs = keep
+        ds.targets = [t for _, t in keep]
 
 
 def _read(ds, i: int) -> torch.Tensor:

@@ -100,6 +100,19 @@ def test_imagefolder_names_a_file_that_does_not_decode(tmp_path):
         ImageFolder(str(tmp_path)).load(None, 0, input_size=(3, 8, 8))
 
 
+def test_imagefolder_counts_each_file_once_through_a_symlink_loop(tmp_path):
+    """torchvision follows symlinks: ``cat/loop -> ..`` listed each image ~40 times."""
+    (tmp_path / "cat").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8, 3), 60 * i, np.uint8)).save(tmp_path / "cat" / f"{i}.png")
+    (tmp_path / "cat" / "loop").symlink_to("..")
+    with pytest.warns(
+        RuntimeWarning, match=r"paths lead to files already listed \(symlinks\); each file counted once \(2 images\)"
+    ):
+        ds = ImageFolder(str(tmp_path)).load(None, 0, input_size=(3, 8, 8))
+    assert len(ds.y) == 2 and sorted(int(v) for v in ds.x[:, 0, 0, 0]) == [0, 60]
+
+
 def test_torchvision_cifar10_on_local_files(tmp_path, monkeypatch):
     from torchvision.datasets import CIFAR10
 
