@@ -164,13 +164,18 @@ def explain_figures(ctx, attack) -> dict[str, Path]:
     # Input transformations such as JPEG pass no gradient (all maps would be zero): explain through
     # a defense with its adaptive surrogate (BPDA identity backward, EOT average), as attacks do.
     wrapped = any(isinstance(m, DefendedClassifier) for m in model.modules())
+    # Grad-CAM hooks an nn.Conv2d; a TorchScript or convolution-free model has none to hook, and
+    # losing the run's result over a missing picture would be worse than drawing the saliency maps only
+    cam = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if not cam:
+        log.warning("explain: %s has no nn.Conv2d layer for Grad-CAM (TorchScript?); saliency maps only", model.name)
+    methods = METHODS if cam else tuple(m for m in METHODS if m != "gradcam")
     with adaptive_mode(model, True):
-        cm, cp, cc = explain(model, clean)
-        am, ap, ac = explain(model, adv)
+        cm, cp, cc = explain(model, clean, methods)
+        am, ap, ac = explain(model, adv, methods)
     names = model.class_names
     ct = [f"clean: {names[int(p)]} {float(c):.0%}" for p, c in zip(cp, cc)]
     at = [f"{attack.name}: {names[int(p)]} {float(c):.0%}" for p, c in zip(ap, ac)]
-    overlap = cam_overlap(cm["gradcam"], am["gradcam"])
     head = f"{model.name} / {attack.name} {attack.describe()}" + (" (gradients: BPDA/EOT through the defense)" if wrapped else "")
     sal = [m for m in METHODS if m != "gradcam"]
     figs = {
@@ -184,16 +189,19 @@ def explain_figures(ctx, attack) -> dict[str, Path]:
             ctx.run_dir / "explain_saliency.png",
             title=f"{head}: where the network looks",
         ),
-        "explain_gradcam": explain_panel(
-            clean.cpu(),
-            adv.cpu(),
-            {"gradcam": cm["gradcam"]},
-            {"gradcam": am["gradcam"]},
-            ct,
-            [f"{t}\nCAM overlap {float(o):.2f}" for t, o in zip(at, overlap)],
-            ctx.run_dir / "explain_gradcam.png",
-            overlay=True,
-            title=f"{head}: Grad-CAM",
-        ),
     }
+    if not cam:
+        return figs
+    overlap = cam_overlap(cm["gradcam"], am["gradcam"])
+    figs["explain_gradcam"] = explain_panel(
+        clean.cpu(),
+        adv.cpu(),
+        {"gradcam": cm["gradcam"]},
+        {"gradcam": am["gradcam"]},
+        ct,
+        [f"{t}\nCAM overlap {float(o):.2f}" for t, o in zip(at, overlap)],
+        ctx.run_dir / "explain_gradcam.png",
+        overlay=True,
+        title=f"{head}: Grad-CAM",
+    )
     return figs

@@ -129,6 +129,22 @@ def test_explain_skips_non_differentiable_models(tmp_path):
     assert explain_figures(ctx, SimpleNamespace(name="x", describe=lambda: "")) == {}
 
 
+def test_explain_on_a_torchscript_model_draws_saliency_only(tmp_path, digits_model):
+    """A TorchScript model has no nn.Conv2d for Grad-CAM to hook: the run used to stop with exit 2
+    after its attack, its result lost; now the saliency panel is drawn and the Grad-CAM one skipped."""
+    from types import SimpleNamespace
+
+    from fragility.benchmarks.explain import explain_figures
+    from fragility.models.wrapper import Classifier
+
+    scripted = torch.jit.trace(digits_model.net.eval(), torch.rand(2, 1, 8, 8))
+    model = Classifier(scripted, mean=(0.31,), std=(0.38,), input_size=(1, 8, 8), class_names=digits_model.class_names, name="ts")
+    x = torch.rand(3, 1, 8, 8)
+    ctx = SimpleNamespace(model=model, examples={"clean": x, "adv": x.flip(-1)}, device=torch.device("cpu"), run_dir=tmp_path)
+    figs = explain_figures(ctx, SimpleNamespace(name="fgsm", describe=lambda: "eps=0.3"))
+    assert set(figs) == {"explain_saliency"} and (tmp_path / "explain_saliency.png").is_file()
+
+
 def test_explain_through_a_non_differentiable_defense(tmp_path):
     """Bit-depth reduction passes no gradient; explain uses the BPDA surrogate and restores the flag."""
     from types import SimpleNamespace
