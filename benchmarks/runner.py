@@ -400,9 +400,16 @@ class Trial:
             if variant == "adaptive":
                 extra["adaptive"] = defense.adaptive_description()
             extra.update(self.certified)
-        ctx.figures.update(run_figures(ctx, attack))
-        if self.cfg.get("explain", False):
-            ctx.figures.update(explain_figures(ctx, attack) or {})
+        hooks = [run_figures] + ([explain_figures] if self.cfg.get("explain", False) else [])
+        for hook in hooks:
+            # a picture that cannot be drawn must not cost the numbers it illustrates (an AutoAttack run
+            # can take hours): the failure is logged and recorded, the run is stored
+            try:
+                ctx.figures.update(hook(ctx, attack) or {})
+            except Exception as e:  # matplotlib, captum and PIL fail in many exception types
+                why = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                log.warning("%s failed (%s); the run's result is kept without those figures", hook.__name__, why)
+                extra.setdefault("figure_errors", []).append(f"{hook.__name__}: {why}")
         extra["figures"] = [str(p.relative_to(self.results_dir)) for p in ctx.figures.values()]
         eps = attack.budget
         record = RunRecord(

@@ -148,3 +148,17 @@ def test_wandb_failure_keeps_local_results(tmp_path, monkeypatch):
     rec = run(compose([f"results_dir={tmp_path}", "logger=wandb", "progress=false", "n_samples=30"]))
     assert ResultStore(tmp_path).get(rec.config_hash) is not None
     assert (tmp_path / "leaderboard.csv").exists()
+
+
+def test_a_figure_that_fails_keeps_the_result(cfg_factory, monkeypatch):
+    """A plotting failure after the attack used to abort the run and lose its numbers."""
+    import fragility.benchmarks.runner as runner_module
+
+    def broken(ctx, attack):
+        raise RuntimeError("matplotlib fell over")
+
+    broken.__name__ = "run_figures"
+    monkeypatch.setattr(runner_module, "run_figures", broken)
+    rec = run(cfg_factory("n_samples=10"))
+    assert rec.n == 10 and ResultStore(json.loads(rec.config_json)["results_dir"]).has(rec.config_hash)
+    assert json.loads(rec.extra_json)["figure_errors"] == ["run_figures: RuntimeError: matplotlib fell over"]
