@@ -99,11 +99,6 @@ def split_wrapper(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
     return sd, {}
 
 
-def _plain(normalization: tuple) -> list:
-    """``(mean, std)`` as float lists or tensors (config values arrive as OmegaConf lists)."""
-    return [v.detach().cpu() if torch.is_tensor(v) else [float(x) for x in v] for v in normalization]
-
-
 def load_weights(
     net: nn.Module, path: str | Path, map_location: str | torch.device = "cpu", normalization: tuple | None = None
 ) -> nn.Module:
@@ -114,7 +109,8 @@ def load_weights(
     one normalization are wrong behind another."""
     sd, stored = split_wrapper(extract_state_dict(load_checkpoint(path, map_location), path))
     if stored and normalization is not None:
-        want = [torch.as_tensor(v, dtype=torch.float32).flatten() for v in _plain(normalization)]
+        # tuples, OmegaConf lists (model config) or the wrapper's own buffers (defense=checkpoint)
+        want = [torch.as_tensor(v if torch.is_tensor(v) else list(v), dtype=torch.float32).flatten().cpu() for v in normalization]
         have = [stored[k].float().flatten().cpu() for k in _WRAPPER_BUFFERS]
         if any(a.shape != b.shape or not torch.allclose(a, b, atol=1e-6) for a, b in zip(have, want, strict=True)):
             fmt = lambda t: "[" + ", ".join(f"{x:.4g}" for x in t.tolist()) + "]"
