@@ -264,33 +264,12 @@ class SparseRS(Attack):
         ncol, npos = 2**c, h * w
         corners = corner_colours(c, images.device)  # (2^C, C)
         total = npos * ncol
-        dev = images.device
         # a candidate equal to the clean pixel changes nothing: push it behind all others and skip it
         same = (images.permute(0, 2, 3, 1).reshape(n, npos, 1, c) == corners[None, None]).all(-1).reshape(n, total)
         budget = (total - same.sum(1)).clamp_max(total if self.exhaustive else self.queries)
         walk = _Walk(images, corners, evaluate, self.max_batch)
-        if self.order == "random":
-            walk.run((rng.uniform(total) + same.float() * 2).argsort(1), budget)
-            return walk.result()
-        # guided: first every position once, with the corner farthest from its clean colour (1 - round(x)
-        # per channel; never the clean pixel itself), in a random order of positions ...
-        pixel = images.permute(0, 2, 3, 1).reshape(n, npos, c)
-        far = ((1 - pixel.round()) * 2 ** torch.arange(c, device=dev)).sum(-1).long()  # corner index
-        positions = rng.uniform(npos).argsort(1)
-        probes = positions * ncol + far.gather(1, positions)
-        probe_loss = walk.run(probes, budget.clamp_max(npos), record=True)
-        # ... then the other corners, position by position from the one whose probe lowered the margin
-        # most (resnet20 on CIFAR-10 images held out from the benchmark, docs/onepixel.md: every image
-        # that one pixel can flip fell within 1,061 queries this way, against 4,307 in a random order)
-        loss_at = torch.full((n, npos), torch.inf, device=dev)
-        loss_at.scatter_(1, positions, probe_loss)
-        rank = loss_at.argsort(1).argsort(1).float()  # (n, npos): 0 = most promising position
-        cand = torch.arange(total, device=dev)
-        key = rank.repeat_interleave(ncol, 1) + (cand % ncol).float()[None] / ncol  # by position, then colour
-        key = key.masked_fill((cand % ncol)[None] == far.repeat_interleave(ncol, 1), torch.inf)  # asked already
-        key = key + same.float() * 2 * npos  # the clean pixel's own colour last (skipped by the budget)
-        rest = key.argsort(1)[:, : total - npos]
-        walk.run(torch.cat([probes, rest], 1), budget)
+        order = walk_order(self.order, images, rng, lambda probes: walk.run(probes, budget.clamp_max(npos), record=True))
+        walk.run(order, budget)
         return walk.result()
 
     # each threat model: (init, propose, render) over a state tuple of per-image tensors
@@ -497,6 +476,57 @@ class _Walk:
             self._paint(sub, self.best_j[asked])
             adv[asked] = sub
         return adv, self.ptr
+
+
+def walk_order(order: str, images: torch.Tensor, rng, probe, rank: str = "signed", colours: str = "index") -> torch.Tensor:
+    """The k = 1 walks' candidate order, (n, H * W * 2^C) indices ``position * 2^C + corner``, the
+    clean pixel's own colours last (the walks skip them: they change nothing).
+
+    ``probe(candidates)`` asks (n, H * W) candidates and returns their losses (inf where an image
+    stopped before asking): the guided order's first phase. ``rank`` and ``colours`` are the second
+    phase's rules (``benchmarks/peers/k1_order_study.py`` compares them): positions by their probe's
+    loss (``signed``, lowest first) or by how far it moved from the median probe (``spread``, either
+    way); a position's other corners by index (``index``) or nearest the far corner first (``far``).
+    """
+    n, c, h, w = images.shape
+    dev = images.device
+    corners = corner_colours(c, dev)
+    ncol, npos = len(corners), h * w
+    total = npos * ncol
+    pixel = images.permute(0, 2, 3, 1).reshape(n, npos, c)
+    same = (pixel[:, :, None] == corners[None, None]).all(-1).reshape(n, total)
+    if order == "random":
+        return (rng.uniform(total) + same.float() * 2).argsort(1)
+    # guided: first every position once, with the corner farthest from its clean colour (1 - round(x)
+    # per channel; never the clean pixel itself), in a random order of positions ...
+    far = ((1 - pixel.round()) * 2 ** torch.arange(c, device=dev)).sum(-1).long()  # corner index
+    positions = rng.uniform(npos).argsort(1)
+    probes = positions * ncol + far.gather(1, positions)
+    probe_loss = probe(probes)
+    # ... then the other corners, position by position from the one whose probe lowered the margin
+    # most (resnet20 on 210 CIFAR-10 images held out from the benchmark, benchmarks/peers/k1_order_study.py:
+    # every image that one pixel can flip fell within 1,599 queries this way; in a random order 2,979
+    # on the first 60 of them, where guided needed 1,061)
+    loss_at = torch.full((n, npos), torch.inf, device=dev)
+    loss_at.scatter_(1, positions, probe_loss)
+    if rank == "spread":
+        finite = loss_at.isfinite()
+        centre = torch.where(finite, loss_at, torch.nan).nanmedian(1, keepdim=True).values
+        score = torch.where(finite, -(loss_at - centre).abs(), torch.inf)
+    else:
+        score = loss_at
+    rank_at = score.argsort(1).argsort(1).float()  # (n, npos): 0 = most promising position
+    cand = torch.arange(total, device=dev)
+    if colours == "far":  # bits that differ from the far corner: 1, then 2, ... (ties by index)
+        diff = (cand % ncol)[None] ^ far.repeat_interleave(ncol, 1)
+        bits = sum(((diff >> b) & 1) for b in range(c)).float()
+        within = (bits * ncol + (cand % ncol)[None]) / (ncol * (c + 1))
+    else:
+        within = (cand % ncol).float()[None] / ncol
+    key = rank_at.repeat_interleave(ncol, 1) + within  # by position, then colour
+    key = key.masked_fill((cand % ncol)[None] == far.repeat_interleave(ncol, 1), torch.inf)  # asked already
+    key = key + same.float() * 2 * npos  # the clean pixel's own colour last (skipped by the budget)
+    return torch.cat([probes, key.argsort(1)[:, : total - npos]], 1)
 
 
 def random_search(init, propose, render, evaluate, n: int, budget: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,9 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from fragility.attacks.sparse_rs import SparseRS, corner_colours, frame_mask, p_schedule_patch, p_schedule_pixels
+from fragility.attacks.sparse_rs import (
+    SparseRS,
+    corner_colours,
+    frame_mask,
+    p_schedule_patch,
+    p_schedule_pixels,
+    walk_order,
+)
 from fragility.errors import ConfigError
 from fragility.models.wrapper import Classifier
+from fragility.rng import SampleRNG
 
 MODES = [
     {"mode": "pixels", "k": 1},
@@ -177,6 +185,35 @@ def test_guided_order_probes_every_position_then_follows_the_margin():
     first, second = gain.argsort(descending=True)[:2].tolist()
     assert pos[64:71].tolist() == [first] * 7 and pos[71:78].tolist() == [second] * 7
     assert len({tuple(c) for c in colour[64:71].tolist()} | {tuple(far[first].tolist())}) == 8
+
+
+@pytest.mark.parametrize("rank", ["signed", "spread"])
+@pytest.mark.parametrize("colours", ["index", "far"])
+def test_walk_order_second_phase_rules(rank, colours):
+    """The rules that benchmarks/peers/k1_order_study.py compares: positions by the probe's loss
+    (signed) or by its distance from the median probe (spread); a position's corners by index or
+    nearest the far corner first. Every candidate once, the clean pixel's own colour last."""
+    x = torch.full((1, 3, 1, 5), 0.3)
+    x[0, :, 0, 4] = 1.0  # a corner pixel: its own colour (white) is a no-op candidate
+    probe_loss = torch.tensor([0.0, -2.0, 5.0, 1.2, 0.5])  # by position; median 0.5, no ties
+    asked = []
+
+    def probe(cands):
+        asked.append(cands.clone())
+        return probe_loss[cands // 8]
+
+    order = walk_order("guided", x, SampleRNG(torch.tensor([7])), probe, rank=rank, colours=colours)[0]
+    assert sorted(order.tolist()) == list(range(40)) and torch.equal(order[:5], asked[0][0])
+    assert (order[:5] % 8 == torch.tensor([7, 7, 7, 7, 0])[order[:5] // 8]).all()  # far: 1 - round(x)
+    by_position = [int(p) for p in order[5:-1] // 8]
+    expect = [1, 0, 4, 3, 2] if rank == "signed" else [2, 1, 3, 0, 4]
+    assert by_position == [p for p in expect for _ in range(7 if p != 4 else 6)]
+    assert int(order[-1]) == 4 * 8 + 7  # white at the white pixel: last
+    first_colours = [int(c) for c in order[5:12] % 8]  # the first position's 7 other corners
+    if colours == "index":
+        assert first_colours == [0, 1, 2, 3, 4, 5, 6]
+    else:  # far = 7 (white): one bit away (6, 5, 3), then two (4, 2, 1), then black
+        assert first_colours == [3, 5, 6, 1, 2, 4, 0]
 
 
 def test_exhaustive_failure_is_complete(planted):
