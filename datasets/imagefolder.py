@@ -41,7 +41,7 @@ class ImageFolder:
         if c == 1:
             tf.insert(0, v2.Grayscale(1))
         try:
-            ds = TVImageFolder(str(self.root), transform=v2.Compose(tf))
+            ds = TVImageFolder(str(self.root), transform=v2.Compose(tf), loader=load_rgb)
         except (FileNotFoundError, OSError) as e:
             raise DataError(f"cannot read image folder {self.root}: {e}") from None
         _count_each_file_once(ds, self.root)
@@ -50,6 +50,33 @@ class ImageFolder:
         ys = np.array([ds.targets[int(i)] for i in idx], dtype=np.int64)
         names = self.class_names or list(ds.classes)
         return ImageSet(xs.to(torch.uint8), torch.from_numpy(ys), torch.from_numpy(idx.astype(np.int64)), names, self.name)
+
+
+def load_rgb(path: str):
+    """The image at ``path`` as 8-bit RGB (PIL). torchvision's default loader calls ``convert("RGB")``,
+    which clips 16-bit and float images at 255 instead of scaling them: a 16-bit PNG comes out
+    almost all white. Here 16-bit integers are scaled by 255/65535, and float images by 255 (values
+    in [0, 1]) or left as they are (values up to 255); other modes convert as torchvision would."""
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        im = Image.open(f)
+        im.load()
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        if not np.isfinite(a).all():
+            raise DataError(f"cannot read image {path}: it holds NaN or infinite values")
+        top = float(a.max(initial=0.0))
+        if im.mode == "F" and a.min(initial=0.0) >= 0 and top <= 1.0:
+            a = a * 255.0
+        elif im.mode.startswith("I;16") or (im.mode == "I" and top > 255):  # 16-bit samples (PNG: I;16, or I)
+            a = a * (255.0 / 65535.0)
+        if a.min(initial=0.0) < 0 or a.max(initial=0.0) > 255.5:
+            raise DataError(
+                f"cannot read image {path}: mode {im.mode} values in [{a.min():g}, {a.max():g}] are not pixel intensities"
+            )
+        im = Image.fromarray(np.round(a).clip(0, 255).astype(np.uint8), mode="L")
+    return im.convert("RGB")
 
 
 def _count_each_file_once(ds, root: Path) -> None:
@@ -77,6 +104,8 @@ def _read(ds, i: int) -> torch.Tensor:
     """Image ``i`` of a torchvision ImageFolder; a file that does not decode is a DataError naming it."""
     try:
         return ds[i][0]
+    except DataError:
+        raise
     except Exception as e:  # PIL raises many types for bad files: OSError, SyntaxError, ValueError, DecompressionBombError
         first = str(e).splitlines()[0][:200] if str(e) else ""
         raise DataError(f"cannot read image {ds.samples[i][0]}: {type(e).__name__}: {first}") from None

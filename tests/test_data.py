@@ -113,6 +113,27 @@ def test_imagefolder_counts_each_file_once_through_a_symlink_loop(tmp_path):
     assert len(ds.y) == 2 and sorted(int(v) for v in ds.x[:, 0, 0, 0]) == [0, 60]
 
 
+def test_imagefolder_scales_16_bit_and_float_images(tmp_path):
+    """torchvision's loader clips these at 255 (a 16-bit PNG came out almost all white): they are
+    scaled to 8 bits instead, and a float image with NaN or values that are no intensities is refused."""
+    (tmp_path / "cat").mkdir()
+    ramp = np.linspace(0, 65535, 64).astype(np.uint16).reshape(8, 8)
+    Image.fromarray(ramp).save(tmp_path / "cat" / "deep.png")  # 16-bit greyscale PNG
+    Image.fromarray((ramp / 65535).astype(np.float32), mode="F").save(tmp_path / "cat" / "unit.tiff")
+    ds = ImageFolder(str(tmp_path)).load(None, 0, input_size=(3, 8, 8))
+    expect = torch.from_numpy(np.round(ramp * (255 / 65535)).astype(np.uint8))
+    for img in ds.x:
+        assert (img == img[0]).all()  # grey: the same in each channel
+        assert (img[0].int() - expect.int()).abs().max() <= 1
+    Image.fromarray(np.full((8, 8), np.nan, np.float32), mode="F").save(tmp_path / "cat" / "nan.tiff")
+    with pytest.raises(DataError, match=r"^cannot read image .*nan\.tiff: it holds NaN"):
+        ImageFolder(str(tmp_path)).load(None, 0, input_size=(3, 8, 8))
+    (tmp_path / "cat" / "nan.tiff").unlink()
+    Image.fromarray(np.full((8, 8), -3.0, np.float32), mode="F").save(tmp_path / "cat" / "neg.tiff")
+    with pytest.raises(DataError, match=r"neg\.tiff: mode F values in \[-3, -3\] are not pixel intensities"):
+        ImageFolder(str(tmp_path)).load(None, 0, input_size=(3, 8, 8))
+
+
 def test_torchvision_cifar10_on_local_files(tmp_path, monkeypatch):
     from torchvision.datasets import CIFAR10
 
