@@ -437,12 +437,21 @@ class Trial:
         )
         self.store.write(record, samples)
         self._log(record, metrics, ctx)
-        ci = f"[{record.success_ci_low:.1%}, {record.success_ci_high:.1%}]" if record.n_attacked else ""
+        if record.n_attacked:
+            success = f"{record.success_rate:.1%} [{record.success_ci_low:.1%}, {record.success_ci_high:.1%}]"
+            queries = f"{record.mean_queries:.1f}"
+        else:  # no image was classified correctly: there was nothing to attack
+            success = queries = "n/a"
         print(
             f"[fragility] {record.model} / {record.dataset} / {record.defense} / {record.attack} {record.params}{_vtag(record)}: "
-            f"clean {record.clean_acc:.1%}  robust {record.robust_acc:.1%}  success {record.success_rate:.1%} {ci}  "
-            f"queries {record.mean_queries:.1f}  {seconds:.1f}s  (config {h})" + (f"  flags: {flags}" if flags else "")
+            f"clean {record.clean_acc:.1%}  robust {record.robust_acc:.1%}  success {success}  "
+            f"queries {queries}  {seconds:.1f}s  (config {h})" + (f"  flags: {flags}" if flags else "")
         )
+        if record.n and not record.n_attacked:
+            print(
+                f"[fragility] warning: the model classifies none of the {record.n} images correctly, so nothing was "
+                "attacked; check that the dataset's labels and class names match the model's"
+            )
         return record
 
     def _log(self, record: RunRecord, metrics: dict, ctx: RunContext) -> None:

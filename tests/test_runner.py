@@ -162,3 +162,21 @@ def test_a_figure_that_fails_keeps_the_result(cfg_factory, monkeypatch):
     rec = run(cfg_factory("n_samples=10"))
     assert rec.n == 10 and ResultStore(json.loads(rec.config_json)["results_dir"]).has(rec.config_hash)
     assert json.loads(rec.extra_json)["figure_errors"] == ["run_figures: RuntimeError: matplotlib fell over"]
+
+
+def test_a_run_with_nothing_to_attack_says_so(cfg_factory, tmp_path, capsys):
+    """Labels that never match the model's answer (a class-name mix-up) used to print "success
+    nan%  queries nan": the line now reads n/a, and a warning says why."""
+    import numpy as np
+
+    rec = None
+    for label in (0, 1):  # a black image is one class; the other label is then never right
+        path = tmp_path / f"black{label}.npz"
+        np.savez(path, x=np.zeros((6, 8, 8, 1), np.uint8), y=np.full(6, label))
+        rec = run(cfg_factory("dataset=npz", f"dataset.path={path}", "n_samples=6", "attack=fgsm"))
+        if rec.clean_acc == 0:
+            break
+    assert rec.clean_acc == 0 and rec.n == 6 and rec.n_attacked == 0
+    out = capsys.readouterr().out
+    assert "success n/a  queries n/a" in out and "nan" not in out
+    assert "classifies none of the 6 images correctly, so nothing was attacked" in out
