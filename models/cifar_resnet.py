@@ -11,8 +11,8 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import nn
 
-from fragility.errors import ConfigError
-from fragility.models.checkpoint import identify, load_weights
+from fragility.errors import CheckpointError, ConfigError
+from fragility.models.checkpoint import extract_state_dict, identify, load_checkpoint, load_weights, split_wrapper
 from fragility.models.compile import maybe_compile
 from fragility.models.wrapper import Classifier
 
@@ -93,7 +93,31 @@ def build(
     ``compile``: forward through torch.compile (models/compile.py)."""
     net = CifarResNet(int(depth), int(num_classes))
     if checkpoint:
-        load_weights(net, Path(checkpoint), normalization=(mean, std))
+        try:
+            load_weights(net, Path(checkpoint), normalization=(mean, std))
+        except CheckpointError as e:
+            hint = _settings_in_file(Path(checkpoint), int(depth), int(num_classes))
+            if not hint:
+                raise
+            raise CheckpointError(f"{e}; the file loads with {hint}") from None
     names = list(class_names) if class_names else (CIFAR10_CLASSES if num_classes == 10 else [str(i) for i in range(num_classes)])
     model = Classifier(net, mean=mean, std=std, input_size=(3, 32, 32), class_names=names, name=f"cifar_resnet{depth}")
     return maybe_compile(identify(model, checkpoint), compile, channels_last)
+
+
+def _settings_in_file(path: Path, depth: int, num_classes: int) -> str:
+    """The ``model.depth`` / ``model.num_classes`` overrides that a CIFAR ResNet checkpoint loads
+    with, where they differ from the config's ("model.depth=32"); "" when no depth and class count
+    would load it (another architecture)."""
+    sd, _ = split_wrapper(extract_state_dict(load_checkpoint(path), path))
+    blocks = {k.split(".")[1] for k in sd if k.startswith("layer1.") and k.count(".") >= 2}
+    head = sd.get("linear.weight")
+    if not blocks or not all(b.isdigit() for b in blocks) or head is None or head.dim() != 2:
+        return ""
+    found = {"model.depth": 6 * len(blocks) + 2, "model.num_classes": int(head.shape[0])}
+    own = CifarResNet(found["model.depth"], found["model.num_classes"]).state_dict()
+    fits = all(k in own and tuple(v.shape) == tuple(own[k].shape) for k, v in sd.items())
+    if not fits or any(k not in sd for k in own if not k.endswith("num_batches_tracked")):
+        return ""
+    want = {"model.depth": depth, "model.num_classes": num_classes}
+    return " ".join(f"{k}={v}" for k, v in found.items() if v != want[k])

@@ -66,6 +66,21 @@ def test_mismatch_reports_what_differs(tmp_path):
         cifar_resnet.CifarResNet(21)
 
 
+def test_a_cifar_resnet_checkpoint_of_another_depth_names_the_settings_it_loads_with(tmp_path):
+    torch.save({"state_dict": cifar_resnet.CifarResNet(32, 100).state_dict()}, tmp_path / "r32.th")
+    with pytest.raises(CheckpointError, match=r"unexpected .*; the file loads with model\.depth=32 model\.num_classes=100$"):
+        cifar_resnet.build(depth=20, checkpoint=str(tmp_path / "r32.th"))
+    with pytest.raises(CheckpointError, match=r"another shape .*; the file loads with model\.num_classes=100$"):
+        cifar_resnet.build(depth=32, checkpoint=str(tmp_path / "r32.th"))
+    assert cifar_resnet.build(depth=32, num_classes=100, checkpoint=str(tmp_path / "r32.th")).num_classes == 100
+    other = cifar_resnet.CifarResNet(32).state_dict()
+    other["layer1.0.shortcut.0.weight"] = torch.zeros(16, 16, 1, 1)  # an option-B shortcut: no depth loads it
+    torch.save(other, tmp_path / "b.th")
+    with pytest.raises(CheckpointError) as err:
+        cifar_resnet.build(depth=20, checkpoint=str(tmp_path / "b.th"))
+    assert "loads with" not in str(err.value)
+
+
 class _Thing:
     pass
 
