@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fragility.benchmarks.config import GROUPS, check_group_choice
@@ -75,7 +75,8 @@ def pregate(argv: list[str], config_name: str, read_only: bool = False) -> None:
             cfg = compose(args.config_name or config_name, overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         text = str(e).strip()
-        raise ConfigError(text.splitlines()[0] if text else type(e).__name__) from None
+        unknown = _unknown_key(e, args.config_name or config_name, overrides)
+        raise ConfigError(unknown or (text.splitlines()[0] if text else type(e).__name__)) from None
     finally:
         GlobalHydra.instance().clear()
     check_hydra(cfg, dirs=not read_only)
@@ -85,6 +86,34 @@ def pregate(argv: list[str], config_name: str, read_only: bool = False) -> None:
         if not str(e).startswith("cannot resolve"):
             raise
         # a value that only resolves inside the run (${hydra:...}); the app checks it again before any work
+
+
+def _unknown_key(err: Exception, config_name: str, overrides: list[str]) -> str:
+    """For an override of a key the config does not have (Hydra: "Could not override 'attack.alpha'.
+    To append to your config use +attack.alpha=0"), one line naming the keys that exist there:
+    appending the key would only fail later, as an argument the attack does not take."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause = err.__cause__
+    if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or not getattr(cause, "full_key", None):
+        return ""
+    key = str(cause.full_key)
+    parent = key.rpartition(".")[0]
+    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("fragility.conf", version_base="1.3"):
+            cfg = compose(config_name, rest)
+    except Exception:  # another override fails too: Hydra's own first line says which
+        return ""
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig) or not len(node):
+        return ""
+    keys = ", ".join(str(k) for k in node if not str(k).startswith("_"))
+    where = f"{parent} ({OmegaConf.select(cfg, parent + '._target_') or parent})" if parent else "the config"
+    return f"unknown setting {key}: {where} has {keys}"
 
 
 def gate(prog: str, config_name: str, argv: list[str], read_only: bool = False) -> None:

@@ -32,7 +32,10 @@ CASES = {
     "unknown-dataset": (["dataset=nope"], r"unknown dataset 'nope' \(valid: .*digits"),
     "missing-checkpoint": (["model=cifar_resnet", "model.checkpoint={tmp}/missing.th"], "checkpoint not found"),
     "corrupt-checkpoint": (["model=cifar_resnet", "model.checkpoint={tmp}/corrupt.th"], "corrupt"),
-    "mismatched-checkpoint": (["model=cifar_resnet", "model.checkpoint={tmp}/resnet32.th"], "does not match"),
+    "mismatched-checkpoint": (
+        ["model=cifar_resnet", "model.checkpoint={tmp}/resnet32.th"],
+        "does not match.*; the file loads with model.depth=32$",
+    ),
     "malicious-checkpoint": (["model=cifar_resnet", "model.checkpoint={tmp}/evil.th"], "refusing to load"),
     "bad-depth": (["model=cifar_resnet", "model.depth=21"], "6n\\+2"),
     "missing-dataset": (["dataset=cifar10_npz", "dataset.path={tmp}/nope.npz"], "dataset file not found"),
@@ -40,6 +43,11 @@ CASES = {
     "zero-samples": (["n_samples=0"], "n_samples must be positive"),
     "too-many-samples": (["n_samples=100000"], "only 539 images"),
     "negative-eps": (["attack.eps=-0.1"], "eps must be >= 0"),
+    "unknown-setting": (
+        ["attack=pgd", "attack.alpha=0"],
+        r"unknown setting attack\.alpha: attack \(fragility\.attacks\.pgd\.PGD\) has eps, norm, steps, step_size",
+    ),
+    "unknown-top-level-setting": (["nsamples=3"], r"unknown setting nsamples: the config has model, .*n_samples"),
     "foreign-target": (["+model.extra._target_=os.system"], "refusing to instantiate"),
 }
 
