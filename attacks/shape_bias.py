@@ -31,6 +31,7 @@ import torch
 
 from fragility.attacks.base import Attack
 from fragility.attacks.style_transfer import FeatureExtractor, pick_textures, style_transfer
+from fragility.datasets.npz import open_npz
 from fragility.errors import ConfigError, DataError
 from fragility.models import eval_mode, predict
 from fragility.rng import SampleRNG, mix64
@@ -152,7 +153,7 @@ def save_cue_conflict(path: str | Path, cc: CueConflictSet, class_names: list[st
 
 def read_meta(path: str | Path) -> dict[str, Any]:
     """The settings a cue-conflict npz was built with (empty for another kind of npz)."""
-    with np.load(path, allow_pickle=False) as f:
+    with open_npz(path) as f:
         return json.loads(str(f["meta"])) if "meta" in f else {}
 
 
@@ -160,7 +161,7 @@ def read_texture_labels(path: str | Path, key: str = "y_texture") -> np.ndarray:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"cue-conflict set not found: {path}")
-    with np.load(path, allow_pickle=False) as f:
+    with open_npz(path) as f:
         if key not in f:
             raise DataError(f"{path} has no {key!r} array: not a cue-conflict set (build one with fragility-style)")
         return f[key]

@@ -44,6 +44,7 @@ import torch
 from fragility.attacks.base import Attack
 from fragility.attacks.style_transfer import INITS, FeatureExtractor, pick_textures, style_transfer
 from fragility.budget import parse_budget, parse_number
+from fragility.datasets.npz import open_npz
 from fragility.errors import ConfigError, DataError
 from fragility.models.wrapper import eval_mode
 
@@ -199,7 +200,7 @@ class Stylize(Attack):
 
 
 def _npz_len(path: Path) -> int:
-    with np.load(path, allow_pickle=False) as f:
+    with open_npz(path) as f:
         return len(f["y"]) if "y" in f else len(f["x"])
 
 

@@ -38,7 +38,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
@@ -49,6 +48,7 @@ from fragility.benchmarks.config import safe_instantiate
 from fragility.benchmarks.figures import save_figure, style_panel
 from fragility.benchmarks.record import RunRecord
 from fragility.benchmarks.runner import resolve_device
+from fragility.datasets.npz import open_npz
 from fragility.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def build_set(cfg: DictConfig) -> Path:
         )
         if not path.with_suffix(".png").is_file():  # the picture is drawn from the sources and the stored set
             _, _, content, textures = _sources(cfg)
-            with np.load(path, allow_pickle=False) as f:
+            with open_npz(path) as f:
                 x = torch.from_numpy(f["x"]).permute(0, 3, 1, 2)
                 ys, yt, tid = (torch.from_numpy(f[k]) for k in ("y", "y_texture", "texture_id"))
             _set_picture(path, content, textures, x, ys, yt, tid, str(meta.get("feature_network")))

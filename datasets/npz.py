@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from fragility.datasets.base import ImageSet, check_images, check_labels, from_arrays, seeded_subset
-from fragility.errors import DataError
+from fragility.errors import DataError, FragilityError
+
+# what numpy and zipfile raise for a truncated, corrupt or non-npz file, or an array kept as a pickle
+_UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+@contextmanager
+def open_npz(path: str | Path) -> Iterator[np.lib.npyio.NpzFile]:
+    """``np.load(path, allow_pickle=False)`` of an npz archive: a file that is truncated, corrupt,
+    a single ``.npy`` array or holds pickled objects is one :class:`DataError` naming it, also when
+    the damage only shows as an array is read (``f["x"]``) inside the block."""
+    try:
+        f = np.load(path, allow_pickle=False)
+    except _UNREADABLE as e:
+        raise DataError(f"cannot read {path}: {_first_line(e)}") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise DataError(f"{path} holds one array (.npy), not an npz archive: save one with np.savez(path, x=images, y=labels)")
+    with f:
+        try:
+            yield f
+        except FragilityError:
+            raise
+        except _UNREADABLE as e:
+            raise DataError(f"cannot read {path}: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0][:200] if text else "") or type(e).__name__
 
 
 class Npz:
@@ -45,13 +76,10 @@ class Npz:
     def load(self, n_samples: int | None, seed: int, input_size: Sequence[int] | None = None) -> ImageSet:
         if not self.path.is_file():
             raise DataError(f"dataset file not found: {self.path}")
-        try:
-            with np.load(self.path, allow_pickle=False) as f:
-                if self.x_key not in f or self.y_key not in f:
-                    raise DataError(f"{self.path} needs arrays {self.x_key!r} and {self.y_key!r}, has {list(f.keys())}")
-                x, y = f[self.x_key], f[self.y_key]
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read {self.path}: {str(e).splitlines()[0][:200]}") from None
+        with open_npz(self.path) as f:
+            if self.x_key not in f or self.y_key not in f:
+                raise DataError(f"{self.path} needs arrays {self.x_key!r} and {self.y_key!r}, has {list(f.keys())}")
+            x, y = f[self.x_key], f[self.y_key]
         if self.layout not in ("nhwc", "nchw"):
             raise DataError(f"dataset.layout must be nhwc or nchw, got {self.layout!r}")
         x = check_images(x, str(self.path))

@@ -79,6 +79,25 @@ def test_digits_split_disjoint_and_sized():
     assert Digits("test").load(100, 0).image_size == (1, 8, 8)
 
 
+def test_npz_damaged_files_are_one_line(tmp_path):
+    """A truncated archive was a zipfile traceback; a damaged array only fails when it is read."""
+    good = tmp_path / "good.npz"
+    rng = np.random.default_rng(0)
+    np.savez_compressed(good, x=rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8), y=np.zeros(64, np.int64))
+    raw = good.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(raw[:100])
+    hurt = bytearray(raw)
+    mid = len(raw) // 3
+    hurt[mid : mid + 40] = bytes(40)  # inside the compressed x
+    (tmp_path / "hurt.npz").write_bytes(bytes(hurt))
+    np.save(tmp_path / "one.npy", np.zeros((3, 8, 8)))
+    for name, why in (("cut.npz", "not a zip file"), ("hurt.npz", ""), ("one.npy", r"holds one array \(\.npy\)")):
+        with pytest.raises(DataError, match=rf"{name}.*{why}") as err:
+            Npz(str(tmp_path / name)).load(None, 0)
+        assert "\n" not in str(err.value)
+    assert len(Npz(str(good)).load(None, 0).y) == 64
+
+
 def test_imagefolder_resizes_to_model_input(tmp_path):
     for cls in ("cat", "dog"):
         (tmp_path / cls).mkdir()
