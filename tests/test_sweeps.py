@@ -46,7 +46,7 @@ def rows(results) -> dict[str, tuple[str, int]]:
 def check_contained(p: subprocess.CompletedProcess, results) -> dict[str, tuple[str, int]]:
     assert p.returncode == 1, p.stderr[-2000:]
     errors = [ln for ln in p.stderr.splitlines() if "fragility: error: job" in ln]  # Ray prefixes worker lines
-    assert len(errors) == 2 and all("n_samples must be positive" in ln for ln in errors)
+    assert len(errors) == 2 and all("n_samples must be positive" in ln for ln in errors), p.stderr[-3000:]
     assert "fragility: error: 2 of 4 jobs failed" in p.stderr
     assert "Traceback" not in p.stderr
     got = rows(results)  # a job may write more than one row (an adaptive or escalated variant), each once
