@@ -92,6 +92,7 @@ def test_ray_cluster_preset_joins_a_running_cluster(tmp_path, digits_model):
     with ``ray start --head``, here one on loopback, stopped (its process group) at the end."""
     if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
         pytest.skip("needs the ray extra: pip install -e '.[ray]' (Ray and hydra-ray-launcher)")
+    import secrets
     import shutil
     import signal
     import socket
@@ -102,8 +103,13 @@ def test_ray_cluster_preset_joins_a_running_cluster(tmp_path, digits_model):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # Ray's clusters use token authentication. Left to itself, a first head on a fresh machine writes
+    # ~/.ray/auth_token after its port already answers, and a driver that starts in between finds no
+    # token (seen once in a full run): head and driver get the same token instead
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={port}", *HEAD_FLAGS],
+        env={**os.environ, **auth},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -122,9 +128,9 @@ def test_ray_cluster_preset_joins_a_running_cluster(tmp_path, digits_model):
             "hydra.launcher.ray.remote.num_gpus=0",  # the preset asks one GPU per job; this machine has none
             "hydra.launcher.ray.remote.num_cpus=1",
         ]
-        # Ray's clusters use token authentication; a driver given an address (not address=auto, which
-        # finds the newest cluster on this machine) sends its token only in token mode
-        check_contained(sweep(results, *preset, timeout=400, env={"RAY_AUTH_MODE": "token"}), results)
+        # a driver given an address (not address=auto, which finds the newest cluster on this machine)
+        # sends its token only in token mode
+        check_contained(sweep(results, *preset, timeout=400, env=auth), results)
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
