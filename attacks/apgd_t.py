@@ -6,7 +6,10 @@ ascends the targeted DLR loss ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)`` o
 fooled yet. Success is untargeted (the label changed): the targets only steer the search, which
 is why it finds adversarial images where the untargeted losses stall. ``k`` defaults to 9 (every
 other class on CIFAR-10), capped at the number of classes minus one; the clean forward pass that
-ranks the classes counts as one query.
+ranks the classes counts as one query. The targeted DLR needs four classes: on a model with two or
+three, the targeted margin loss ``z_t - max_{j != t} z_j`` (Carlini & Wagner) takes its place, with
+a warning. It does not saturate as cross-entropy does, and the signed (Linf) or normalized (L2)
+steps and APGD's checkpoints do not depend on the loss's scale.
 
 Example::
 
@@ -15,11 +18,13 @@ Example::
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from fragility.attacks.apgd import apgd_run
 from fragility.attacks.gradient import LpAttack
-from fragility.attacks.losses import dlr
+from fragility.attacks.losses import dlr, margin
 from fragility.errors import ConfigError
 
 
@@ -61,8 +66,10 @@ class APGDT(LpAttack):
         with torch.no_grad():
             logits = model(images).float()
         c = logits.shape[1]
+        loss_fn = dlr
         if c < 4:
-            raise ConfigError(f"apgd_t needs at least 4 classes (targeted DLR), the model has {c}")
+            warnings.warn(few_classes_note(c), RuntimeWarning, stacklevel=2)
+            loss_fn = margin
         ranked = logits.argsort(1, descending=True)
         adv = images.clone()
         fooled = torch.zeros(len(images), dtype=torch.bool, device=images.device)
@@ -78,7 +85,7 @@ class APGDT(LpAttack):
                     labels[idx],
                     ranked[idx, j],
                     None,
-                    loss_fn=dlr,
+                    loss_fn=loss_fn,
                     norm=self.norm_name,
                     eps=self.eps,
                     steps=self.steps,
@@ -91,3 +98,7 @@ class APGDT(LpAttack):
                 fooled[idx] = ok
                 tried[idx[ok]] = j + 1
         return adv, {"target_rank": tried}
+
+
+def few_classes_note(c: int) -> str:
+    return f"apgd_t: the model has {c} classes and targeted DLR needs 4; the targeted margin loss is used instead"

@@ -33,12 +33,14 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import time
+import warnings
 
 import torch
 
 from fragility.attacks.apgd import APGD
-from fragility.attacks.apgd_t import APGDT
+from fragility.attacks.apgd_t import APGDT, few_classes_note
 from fragility.attacks.base import Attack
 from fragility.attacks.fab import FAB
 from fragility.attacks.gradient import LpAttack
@@ -132,16 +134,20 @@ class AutoAttack(LpAttack):
         n, dev = len(images), images.device
         inner = model.model  # each attack counts its own queries; they are added to ours below
         with torch.no_grad():
-            clean = model(images).argmax(1)
+            logits = model(images)
+        clean, classes = logits.argmax(1), logits.shape[1]
         broken_by = torch.full((n,), -1, dtype=torch.long, device=dev)
         broken_by[clean != labels] = -2
         adv = images.clone()
-        seconds = []
-        for j, (_, attack) in enumerate(self.attacks):
+        seconds, substituted = [], {}
+        for j, (label, attack) in enumerate(self.attacks):
             idx = (broken_by == -1).nonzero().flatten()
             if len(idx) == 0:
                 seconds.append(0.0)
                 continue
+            attack, note = fit_classes(attack, classes)
+            if note:
+                substituted[label] = note
             start = time.perf_counter()
             keys = mix64(rng.keys[idx] + (j + 1))  # each attack its own per-image streams
             res = attack(inner, images[idx], labels[idx], keys=keys)
@@ -150,7 +156,7 @@ class AutoAttack(LpAttack):
             ok = res.success.to(dev)
             adv[idx[ok]] = res.adv.to(dev)[ok]
             broken_by[idx[ok]] = j
-        return adv, {"broken_by": broken_by, "attack_seconds": seconds}
+        return adv, {"broken_by": broken_by, "attack_seconds": seconds, "substituted": substituted}
 
     def extra_metrics(self, result) -> dict:
         """The attacks in order, how many images each one broke (that no earlier one had), and the
@@ -160,10 +166,32 @@ class AutoAttack(LpAttack):
         secs = result.extras.get("attack_seconds", [])
         if secs and isinstance(secs[0], list):  # concatenated batches: one list per batch
             secs = [sum(s) for s in zip(*secs, strict=True)]
-        return {
+        out = {
             "attacks": names,
             "added": {name: int((broken == j).sum()) for j, name in enumerate(names)},
             "robust": int((broken == -1).sum()),
             "misclassified_clean": int((broken == -2).sum()),
             "attack_seconds": {name: round(float(s), 3) for name, s in zip(names, secs, strict=False)},
         }
+        subs = result.extras.get("substituted") or {}
+        if isinstance(subs, list):  # concatenated batches: one dict per batch
+            subs = {k: v for d in subs for k, v in d.items()}
+        if subs:
+            out["substituted"] = subs
+        return out
+
+
+def fit_classes(attack: Attack, classes: int) -> tuple[Attack, str]:
+    """The ensemble's attack for a model with ``classes`` outputs, and a note when a loss had to
+    change: DLR needs 3 classes (targeted DLR 4), so a two-class model's APGD-DLR ascends the margin
+    loss instead (APGD-T switches to the targeted margin itself, below 4 classes). The margin does
+    not saturate, and APGD's signed or normalized steps and its checkpoints ignore the loss's scale."""
+    if isinstance(attack, APGDT) and classes < 4:
+        return attack, few_classes_note(classes)
+    if isinstance(attack, APGD) and attack.loss == "dlr" and classes < 3:
+        swapped = copy.copy(attack)
+        swapped.loss = "margin"
+        note = f"apgd: the model has {classes} classes and DLR needs 3; the margin loss is used instead"
+        warnings.warn(note, RuntimeWarning, stacklevel=3)
+        return swapped, note
+    return attack, ""

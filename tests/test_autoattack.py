@@ -136,3 +136,40 @@ def test_masked_digits_near_unmasked(mask, digits_model, digits_test):
     robust_pgd = 1 - PGD(eps=0.2, steps=10)(masked, x, y).success.float().mean()
     assert robust_pgd > robust_plain + 0.5  # the masking fools PGD with cross-entropy
     assert abs(robust_masked - robust_plain) <= 0.1
+
+
+class FewClasses(nn.Module):
+    """``c`` classes on 3x4x4 images, logits x1e4: cross-entropy saturates (APGD-CE gets no
+    gradient), while any margin loss still points the way."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(c)
+        self.w = nn.Parameter(torch.randn(c, 48, generator=g), requires_grad=False)
+
+    def forward(self, x):
+        return 1e4 * x.flatten(1) @ self.w.t()
+
+
+@pytest.mark.parametrize("c, version", [(3, "standard"), (2, "standard"), (2, "plus")])
+def test_two_or_three_classes_swap_dlr_for_the_margin_and_say_so(c, version):
+    """DLR needs 3 classes and targeted DLR 4: APGD-T (and plus's APGD-DLR on two classes) used to
+    stop the run with a ConfigError once the ensemble reached it; the margin loss stands in."""
+    from fragility.models.wrapper import Classifier
+
+    net = FewClasses(c)
+    model = Classifier(net, mean=[0.0] * 3, std=[1.0] * 3, input_size=(3, 4, 4), class_names=list("abc")[:c], name="few")
+    x = torch.rand(16, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1)
+    attack = AutoAttack(eps=0.3, version=version, steps=20, queries=50, n_target_classes=9)
+    with pytest.warns(RuntimeWarning, match="margin loss is used instead"):
+        res = attack(model, x, y)
+    extra = attack.extra_metrics(res)
+    assert res.success.float().mean() >= 0.9  # a linear model at this budget: the margin finds them
+    assert extra["added"]["apgd-ce"] < len(x)  # cross-entropy stalled on some, so the later attacks ran
+    subs = extra["substituted"]
+    if version == "standard":
+        assert set(subs) == {"apgd-t"} and f"has {c} classes and targeted DLR needs 4" in subs["apgd-t"]
+    else:
+        assert "apgd-dlr" in subs and "DLR needs 3; the margin loss is used" in subs["apgd-dlr"]
+    assert ((res.adv - x).abs().amax() <= 0.3 + 1e-6) and res.adv.min() >= 0 and res.adv.max() <= 1
