@@ -134,9 +134,23 @@ def load_weights(
         if shapes:
             k = shapes[0]
             parts.append(f"{len(shapes)} of another shape (e.g. {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})")
+        if not missing and not unexpected and _only_the_head(shapes, sd, own):
+            k_out = int(sd[shapes[0]].shape[0])
+            parts.append(f"its last layer has {k_out} outputs: set model.num_classes={k_out}")
         raise CheckpointError(f"{path} does not match the {type(net).__name__} architecture: " + "; ".join(parts))
     net.load_state_dict(sd, strict=True)
     return net
+
+
+def _only_the_head(shapes: list[str], sd: dict, own: dict) -> bool:
+    """Whether the keys of another shape are one layer's weight (and bias), the model's last, whose
+    outputs (dim 0) alone differ: a checkpoint fine-tuned for another number of classes."""
+    if not shapes or len(shapes) > 2 or any(k.rpartition(".")[0] != shapes[0].rpartition(".")[0] for k in shapes):
+        return False
+    last = [k for k in own if k.endswith(".weight") and own[k].dim() >= 2][-1:]
+    if [shapes[0].rpartition(".")[0] + ".weight"] != last:
+        return False
+    return all(sd[k].shape[1:] == own[k].shape[1:] and sd[k].shape[0] == sd[shapes[0]].shape[0] for k in shapes)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -119,5 +119,7 @@ def _settings_in_file(path: Path, depth: int, num_classes: int) -> str:
     fits = all(k in own and tuple(v.shape) == tuple(own[k].shape) for k, v in sd.items())
     if not fits or any(k not in sd for k in own if not k.endswith("num_batches_tracked")):
         return ""
+    if found["model.depth"] == depth:
+        return ""  # only the class count differs: load_weights says so already
     want = {"model.depth": depth, "model.num_classes": num_classes}
     return " ".join(f"{k}={v}" for k, v in found.items() if v != want[k])

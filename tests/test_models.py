@@ -70,7 +70,7 @@ def test_a_cifar_resnet_checkpoint_of_another_depth_names_the_settings_it_loads_
     torch.save({"state_dict": cifar_resnet.CifarResNet(32, 100).state_dict()}, tmp_path / "r32.th")
     with pytest.raises(CheckpointError, match=r"unexpected .*; the file loads with model\.depth=32 model\.num_classes=100$"):
         cifar_resnet.build(depth=20, checkpoint=str(tmp_path / "r32.th"))
-    with pytest.raises(CheckpointError, match=r"another shape .*; the file loads with model\.num_classes=100$"):
+    with pytest.raises(CheckpointError, match=r"another shape .*; its last layer has 100 outputs: set model\.num_classes=100$"):
         cifar_resnet.build(depth=32, checkpoint=str(tmp_path / "r32.th"))
     assert cifar_resnet.build(depth=32, num_classes=100, checkpoint=str(tmp_path / "r32.th")).num_classes == 100
     other = cifar_resnet.CifarResNet(32).state_dict()
@@ -79,6 +79,23 @@ def test_a_cifar_resnet_checkpoint_of_another_depth_names_the_settings_it_loads_
     with pytest.raises(CheckpointError) as err:
         cifar_resnet.build(depth=20, checkpoint=str(tmp_path / "b.th"))
     assert "loads with" not in str(err.value)
+
+
+def test_a_checkpoint_fine_tuned_for_other_classes_names_model_num_classes(tmp_path):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), tmp_path / "r18.pt")
+    with pytest.raises(
+        CheckpointError, match=r"fc\.weight: file \(2, 512\).*; its last layer has 2 outputs: set model\.num_classes=2$"
+    ):
+        generic.build(path=str(tmp_path / "r18.pt"), arch="resnet18", input_size=[3, 32, 32], num_classes=10)
+    assert generic.build(path=str(tmp_path / "r18.pt"), arch="resnet18", input_size=[3, 32, 32], num_classes=2).num_classes == 2
+    sd = torchvision.models.resnet18(num_classes=10).state_dict()
+    sd["conv1.weight"] = torch.zeros(64, 1, 7, 7)  # another shape, but not the head: no class-count hint
+    torch.save(sd, tmp_path / "grey.pt")
+    with pytest.raises(CheckpointError) as err:
+        generic.build(path=str(tmp_path / "grey.pt"), arch="resnet18", input_size=[3, 32, 32], num_classes=10)
+    assert "num_classes" not in str(err.value)
 
 
 class _Thing:
