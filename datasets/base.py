@@ -121,9 +121,20 @@ def align_labels(data: ImageSet, class_names: list[str]) -> ImageSet:
         data.y = torch.tensor(mapping, dtype=torch.long)[data.y]
         data.class_names = list(class_names)
         return data
-    if len(data.class_names) == len(class_names):
-        return data  # same number of classes under other names: trust the indices
     unknown = [c for c, i in zip(data.class_names, found, strict=True) if i is None]
+    if len(data.class_names) == len(class_names):
+        # same number of classes under other names: trust the indices, unless a name the model knows
+        # sits at another index (a folder renamed "plane" sorts elsewhere and shifts the others)
+        moved = [(c, i, j) for j, (c, i) in enumerate(zip(data.class_names, found, strict=True)) if i is not None and i != j]
+        if not moved:
+            return data
+        c, i, j = moved[0]
+        raise DataError(
+            f"dataset {data.name}: {', '.join(repr(u) for u in unknown[:3])}{', ...' if len(unknown) > 3 else ''} "
+            f"{'is' if len(unknown) == 1 else 'are'} not a class of the model, and {c!r} is the model's class {i} but the "
+            f"dataset's class {j}, so its indices cannot be trusted either; name every class as the model does "
+            "(or set dataset.class_names)"
+        )
     raise DataError(
         f"dataset {data.name} has {len(data.class_names)} classes that do not match the model's {len(class_names)}"
         f" (not a class of the model: {', '.join(repr(c) for c in unknown[:3])}{', ...' if len(unknown) > 3 else ''})"

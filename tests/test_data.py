@@ -196,3 +196,13 @@ def test_align_labels_by_class_name():
     mixed = ImageSet(torch.zeros(1, 3, 2, 2), torch.tensor([0]), torch.arange(1), ["1", "toaster", "q"], "f")
     with pytest.raises(DataError, match=r"not a class of the model: 'q'\)"):
         align_labels(mixed, model_names)
+    # as many classes as the model, one renamed: the sorted folder order shifts, so the indices lie
+    cifar = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    folders = sorted(["plane", *cifar[1:]])  # automobile, bird, ..., plane, ship, truck
+    renamed = ImageSet(torch.zeros(1, 3, 2, 2), torch.tensor([0]), torch.arange(1), folders, "f")
+    with pytest.raises(
+        DataError, match=r"'plane' is not a class of the model, and 'automobile' is the model's class 1 but the dataset's class 0"
+    ):
+        align_labels(renamed, cifar)
+    digits = ImageSet(torch.zeros(1, 3, 2, 2), torch.tensor([3]), torch.arange(1), [f"d{i}" for i in range(10)], "f")
+    assert align_labels(digits, cifar).y.tolist() == [3]  # no name in common: the indices are all there is
