@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from fragility.attacks.base import Attack
 from fragility.attacks.patch_transforms import SHAPES, apply_patch, n_pixels, random_placement, shape_mask, side_pixels
 from fragility.budget import parse_number
-from fragility.errors import CheckpointError, ConfigError, DataError, InputError
+from fragility.errors import CheckpointError, ConfigError, DataError, InputError, first_line
 from fragility.rng import content_keys
 
 FORMAT = "fragility-patch/1"
@@ -416,7 +416,7 @@ def read_patch(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
             im.load()
             arr = np.asarray(im.convert({"L": "L", "LA": "LA", "RGBA": "RGBA"}.get(im.mode, "RGB")))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise CheckpointError(f"corrupt patch image {png}: {str(e).splitlines()[0][:200]}") from None
+        raise CheckpointError(f"corrupt patch image {png}: {first_line(e)}") from None
     t = torch.from_numpy(arr.copy())
     t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)
     if t.shape[0] in (2, 4):

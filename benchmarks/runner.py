@@ -57,7 +57,7 @@ from fragility.benchmarks.wandb_logger import NullLogger
 from fragility.benchmarks.worst_case import samples_for
 from fragility.datasets import ImageSet, align_labels, source_label
 from fragility.defenses import adaptive_mode
-from fragility.errors import ConfigError, InputError
+from fragility.errors import ConfigError, InputError, first_line
 from fragility.models.predict import predict
 from fragility.rng import mix64
 
@@ -407,7 +407,7 @@ class Trial:
             try:
                 ctx.figures.update(hook(ctx, attack) or {})
             except Exception as e:  # matplotlib, captum and PIL fail in many exception types
-                why = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                why = f"{type(e).__name__}: {first_line(e)}"
                 log.warning("%s failed (%s); the run's result is kept without those figures", hook.__name__, why)
                 extra.setdefault("figure_errors", []).append(f"{hook.__name__}: {why}")
         extra["figures"] = [str(p.relative_to(self.results_dir)) for p in ctx.figures.values()]

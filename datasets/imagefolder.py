@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from fragility.datasets.base import ImageSet, seeded_subset
-from fragility.errors import DataError
+from fragility.errors import DataError, first_line
 
 
 class ImageFolder:
@@ -107,5 +107,4 @@ def _read(ds, i: int) -> torch.Tensor:
     except DataError:
         raise
     except Exception as e:  # PIL raises many types for bad files: OSError, SyntaxError, ValueError, DecompressionBombError
-        first = str(e).splitlines()[0][:200] if str(e) else ""
-        raise DataError(f"cannot read image {ds.samples[i][0]}: {type(e).__name__}: {first}") from None
+        raise DataError(f"cannot read image {ds.samples[i][0]}: {type(e).__name__}: {first_line(e)}") from None

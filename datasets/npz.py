@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from fragility.datasets.base import ImageSet, check_images, check_labels, from_arrays, seeded_subset
-from fragility.errors import DataError, FragilityError
+from fragility.errors import DataError, FragilityError, first_line
 
 # what numpy and zipfile raise for a truncated, corrupt or non-npz file, or an array kept as a pickle
 _UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
@@ -25,7 +25,7 @@ def open_npz(path: str | Path) -> Iterator[np.lib.npyio.NpzFile]:
     try:
         f = np.load(path, allow_pickle=False)
     except _UNREADABLE as e:
-        raise DataError(f"cannot read {path}: {_first_line(e)}") from None
+        raise DataError(f"cannot read {path}: {first_line(e) or type(e).__name__}") from None
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise DataError(f"{path} holds one array (.npy), not an npz archive: save one with np.savez(path, x=images, y=labels)")
     with f:
@@ -34,12 +34,7 @@ def open_npz(path: str | Path) -> Iterator[np.lib.npyio.NpzFile]:
         except FragilityError:
             raise
         except _UNREADABLE as e:
-            raise DataError(f"cannot read {path}: {_first_line(e)}") from None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0][:200] if text else "") or type(e).__name__
+            raise DataError(f"cannot read {path}: {first_line(e) or type(e).__name__}") from None
 
 
 class Npz:

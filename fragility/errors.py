@@ -20,3 +20,10 @@ class CheckpointError(FragilityError):
 
 class DataError(FragilityError):
     """A dataset that is missing or malformed."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, at most ``limit`` characters ("" for none): how a
+    library's multi-line error becomes part of one of ours."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else ""
