@@ -10,7 +10,8 @@ instantiate gate on it), each failure one line ``<prog>: error: ...`` and exit 2
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,21 @@ from fragility.errors import ConfigError, FragilityError
 def fail(prog: str, msg: str) -> None:
     print(f"{prog}: error: {msg}", file=sys.stderr)
     sys.exit(2)
+
+
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
+
+
+@contextmanager
+def interruptible(prog: str, rerun: str = "") -> Iterator[None]:
+    """Ctrl-C is one line and exit 130 instead of a traceback from wherever the work was. Each run
+    is written in one transaction (:meth:`fragility.benchmarks.store.ResultStore.write`), so what
+    was written before stays whole and a half-done run leaves nothing behind."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; what was already written is kept{rerun}", file=sys.stderr)
+        sys.exit(INTERRUPTED)
 
 
 def precheck(argv: list[str]) -> None:
@@ -131,6 +147,7 @@ def console_app(config_name: str, prog: str, body: Callable[[DictConfig], Any]) 
     ``body(cfg)``."""
     gate(prog, config_name, sys.argv[1:])
 
+    @interruptible(prog)
     @hydra.main(config_path="pkg://fragility.conf", config_name=config_name, version_base="1.3")
     def _app(cfg: DictConfig) -> None:
         try:

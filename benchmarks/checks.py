@@ -80,6 +80,16 @@ def parse_flags(text: str) -> list[str]:
     return [part.split()[0] for part in (text or "").split(";") if part.strip()]
 
 
+# the names run_checks can fire; a stored ``flags`` string also holds the clean pass's output flags
+# and ``nonfinite_logits``, which no escalation answers
+CHECK_NAMES = ("zero_grad", "nonfinite_grad", "saturated", "random", "unbounded", "blackbox")
+
+
+def check_names(text: str) -> list[str]:
+    """The fired masking checks of a stored ``flags`` string (what an escalation answers)."""
+    return [f for f in parse_flags(text) if f in CHECK_NAMES]
+
+
 def _loss_fn(name: str):
     from fragility.attacks.losses import get_loss
 

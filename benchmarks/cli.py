@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from fragility.benchmarks.apps import fail, gate
+from fragility.benchmarks.apps import fail, gate, interruptible
 from fragility.errors import FragilityError
 
 DEMO_ARGS = ["-m", "attack=fgsm,pgd"]
@@ -46,6 +46,10 @@ def _app(cfg: DictConfig) -> None:
     print(f"[fragility] leaderboards written to {cfg.results_dir}/leaderboard.{{csv,md,html}}")
 
 
+RERUN = " (each finished run is stored whole); rerun the same command to run only what is missing"
+
+
+@interruptible("fragility", RERUN)
 def main() -> None:
     if len(sys.argv) == 1:
         sys.argv += DEMO_ARGS
@@ -108,6 +112,7 @@ def _leaderboard_app(cfg: DictConfig) -> None:
     print(f"[fragility] {len(records)} runs; {where}")
 
 
+@interruptible("fragility-leaderboard")
 def leaderboard_main() -> None:
     # ``--check`` reads as a flag; Hydra sees it as the override check=true
     sys.argv = [("check=true" if a == "--check" else a) for a in sys.argv]

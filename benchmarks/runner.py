@@ -42,9 +42,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from fragility.attacks.base import AttackResult
-from fragility.benchmarks.checks import CheckSettings, Flag, format_flags, run_checks
+from fragility.benchmarks.checks import CheckSettings, Flag, check_names, format_flags, run_checks
 from fragility.benchmarks.config import check_config, safe_instantiate
-from fragility.benchmarks.escalation import EscalationSettings, attack_with, eot_model, plan
+from fragility.benchmarks.escalation import EscalationSettings, Plan, attack_with, eot_model, plan
 from fragility.benchmarks.explain import explain_figures
 from fragility.benchmarks.figures import run_figures
 from fragility.benchmarks.leaderboard import board_row, defense_leaderboard, log_wandb_table, write_leaderboards
@@ -156,6 +156,43 @@ def escalated_from(store: ResultStore, hashes: set[str]) -> list[RunRecord]:
     return out
 
 
+@dataclass(frozen=True)
+class Escalation:
+    """The escalated attack of one stored run: its plan, variant name, resolved config and hash."""
+
+    plan: Plan
+    variant: str
+    resolved: dict
+    config_hash: str
+
+
+def escalation_for(
+    cfg: DictConfig, defense, resolved: dict, variant: str, config_hash: str, flags: list[Flag] | list[str]
+) -> Escalation | None:
+    """What answers the fired checks ``flags`` of the run ``config_hash`` in ``variant``
+    (:func:`fragility.benchmarks.escalation.plan`), as variant ``escalated`` (``<variant>-escalated``
+    for a non-standard variant); None when ``escalate=false`` or nothing is left to answer. An
+    adaptive run of a defense already answers its randomness (EOT) and its zero gradients (BPDA);
+    a standard run of such a defense leaves them to its adaptive variant."""
+    if not flags or not bool(cfg.get("escalate", True)):
+        return None
+    d = defense
+    if d is not None and (not d.differentiable or d.randomized) and not d.adaptive:
+        return None  # defense.adaptive=false: the user asked for this defense's plain attack only; flags stay
+    answered: set[str] = set()
+    if d is not None and d.needs_adaptive:
+        if variant == "standard":
+            return None
+        answered |= {"random"} if d.randomized else set()
+        answered |= {"zero_grad"} if not d.differentiable else set()
+    p = plan(flags, cfg.attack, EscalationSettings.from_config(cfg.get("escalation")), answered)
+    if p is None:
+        return None
+    name = "escalated" if variant == "standard" else f"{variant}-escalated"
+    esc_resolved = {**resolved, "attack": OmegaConf.to_container(p.attack, resolve=True), "escalated_from": config_hash}
+    return Escalation(p, name, esc_resolved, variant_hash(esc_resolved, name))
+
+
 def run(cfg: DictConfig) -> RunRecord:
     """Score one configuration. With a non-differentiable or randomized defense the attack runs
     twice, ``standard`` (gradients as the defense exposes them) and ``adaptive`` (BPDA / EOT),
@@ -170,7 +207,17 @@ def run(cfg: DictConfig) -> RunRecord:
     results_dir = Path(cfg.results_dir)
     force = bool(cfg.get("force", False))
     done = {v: store.get(h) for v, h in hashes.items()} if not force else {}
-    if not force and all(rec is not None for rec in done.values()):
+    # a stored row whose masking checks fired but whose escalation never finished (the run was
+    # interrupted, or the machine lost, between the two writes) gets that escalation now: a rerun
+    # must not leave the unanswered, flagged number as the configuration's result
+    unanswered = {
+        v: e
+        for v, rec in done.items()
+        if rec is not None
+        and (e := escalation_for(cfg, defense, resolved, v, rec.config_hash, check_names(rec.flags))) is not None
+        and store.get(e.config_hash) is None
+    }
+    if not force and all(rec is not None for rec in done.values()) and not unanswered:
         for rec in done.values():
             print(
                 f"[fragility] {rec.model} / {rec.attack} {rec.params}{_vtag(rec)}: already in {store.path} "
@@ -182,6 +229,13 @@ def run(cfg: DictConfig) -> RunRecord:
 
     trial = Trial.build(cfg, resolved, defense, store, n_samples=n_samples, seed=seed, batch_size=batch_size)
     records = [done.get(v) or trial.score(v, hashes[v]) for v in variants]
+    for v, e in unanswered.items():
+        rec = done[v]
+        print(
+            f"[fragility] {rec.model} / {rec.attack} {rec.params}{_vtag(rec)}: already in {store.path}, but its "
+            f"escalation ({rec.flags}) did not finish; running it now"
+        )
+        records.append(trial.run_escalation(e, v))
     render_leaderboards(store, results_dir)
     if len(records) > 1:
         w = worst_record(records)
@@ -322,38 +376,26 @@ class Trial:
         return flags
 
     def _escalate(self, variant: str, config_hash: str, flags: list[Flag]) -> RunRecord | None:
-        """Score the attack that answers ``flags`` (:func:`fragility.benchmarks.escalation.plan`)
-        as variant ``escalated`` (``<variant>-escalated`` for a non-standard variant), or None
-        when ``escalate=false`` or nothing is left to answer. An adaptive run of a defense already
-        answers its randomness (EOT) and its zero gradients (BPDA); a standard run of such a
-        defense leaves them to its adaptive variant."""
-        if not bool(self.cfg.get("escalate", True)):
+        """Score the attack that answers ``flags`` (:func:`escalation_for`) as its own record, or
+        None when nothing is to be escalated; a stored escalation is reused unless ``force``."""
+        e = escalation_for(self.cfg, self.defense, self.resolved, variant, config_hash, flags)
+        if e is None:
             return None
-        d = self.defense
-        if d is not None and (not d.differentiable or d.randomized) and not d.adaptive:
-            return None  # defense.adaptive=false: the user asked for this defense's plain attack only; flags stay
-        answered: set[str] = set()
-        if d is not None and d.needs_adaptive:
-            if variant == "standard":
-                return None
-            answered |= {"random"} if d.randomized else set()
-            answered |= {"zero_grad"} if not d.differentiable else set()
-        p = plan(flags, self.cfg.attack, EscalationSettings.from_config(self.cfg.get("escalation")), answered)
-        if p is None:
-            return None
-        name = "escalated" if variant == "standard" else f"{variant}-escalated"
-        resolved = {**self.resolved, "attack": OmegaConf.to_container(p.attack, resolve=True), "escalated_from": config_hash}
-        h = variant_hash(resolved, name)
-        if not bool(self.cfg.get("force", False)) and (done := self.store.get(h)) is not None:
+        if not bool(self.cfg.get("force", False)) and (done := self.store.get(e.config_hash)) is not None:
             return done
+        return self.run_escalation(e, variant)
+
+    def run_escalation(self, e: Escalation, variant: str) -> RunRecord:
+        """Attack with the escalated attack ``e`` (in ``variant``'s mode) and write its record."""
+        p = e.plan
         model = eot_model(self.model, p.eot_samples) if p.eot_samples > 1 else self.model
-        trial = replace(self, attack=safe_instantiate(p.attack, self.allowed), model=model, resolved=resolved)
+        trial = replace(self, attack=safe_instantiate(p.attack, self.allowed), model=model, resolved=e.resolved)
         print(f"[fragility] escalating {self.attack.name} [{variant}] -> {p.describe()}")
         with adaptive_mode(model, variant == "adaptive"):
             if model is not self.model:
                 model.adaptive = True  # EOT over the model's own randomness
-            result, examples, norms, seconds = trial._attack_all(name)
-        return trial._record(name, h, result, examples, norms, seconds)
+            result, examples, norms, seconds = trial._attack_all(e.variant)
+        return trial._record(e.variant, e.config_hash, result, examples, norms, seconds)
 
     def _attack_all(self, variant: str):
         attack, data = self.attack, self.data

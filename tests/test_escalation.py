@@ -13,9 +13,9 @@ from torch import nn
 
 from fragility.attacks.pgd import PGD
 from fragility.attacks.square import Square
-from fragility.benchmarks.checks import parse_flags
+from fragility.benchmarks.checks import check_names, parse_flags
 from fragility.benchmarks.escalation import plan
-from fragility.benchmarks.runner import run
+from fragility.benchmarks.runner import Trial, run
 from fragility.benchmarks.store import ResultStore
 from fragility.benchmarks.worst_case import worst_case
 from fragility.datasets import Digits
@@ -137,6 +137,46 @@ def test_masked_model_is_flagged_escalated_and_reported_near_truth(kind, digits_
         assert standard.robust_acc >= ref + 0.2 and escalated.robust_acc <= ref + 0.08
     if kind == "round":  # rounding to quarters really resists eps 0.1 (the truth is high), but less than PGD says
         assert escalated.robust_acc < standard.robust_acc
+
+
+def test_interrupted_escalation_runs_on_the_rerun(digits_model, cfg_factory, tmp_path, monkeypatch, capsys):
+    """Stopped between the flagged row and its escalation (Ctrl-C, a lost machine), the rerun
+    does not report the flagged number as done: it runs the missing escalation, and only that."""
+    path = _scripted(digits_model, "scale", 1000.0, tmp_path / "scale.pt")
+    cfg = _cfg(cfg_factory, path)
+
+    def interrupted(self, e, variant):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Trial, "run_escalation", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg)
+    (standard,) = ResultStore(cfg.results_dir).records()
+    assert standard.variant == "standard" and "saturated" in standard.flags
+    capsys.readouterr()
+    reported = run(cfg)
+    out = capsys.readouterr().out
+    assert "did not finish; running it now" in out and "escalating pgd" in out, out
+    recs = ResultStore(cfg.results_dir).records()
+    assert sorted(r.variant for r in recs) == ["escalated", "standard"]
+    again = next(r for r in recs if r.variant == "standard")
+    assert again.timestamp == standard.timestamp  # the flagged row was not attacked again
+    escalated = next(r for r in recs if r.variant == "escalated")
+    assert escalated.robust_acc < standard.robust_acc
+    assert reported.robust_acc == escalated.robust_acc
+
+    def no_build(*a, **k):
+        raise AssertionError("nothing is left to run")
+
+    monkeypatch.setattr(Trial, "build", no_build)
+    assert run(cfg).robust_acc == escalated.robust_acc
+
+
+def test_only_masking_checks_are_escalated_from_a_stored_row():
+    stored = "constant_output 5/5; nonfinite_logits 2/40; zero_grad 32/32; saturated 30/32"
+    assert check_names(stored) == ["zero_grad", "saturated"]
+    assert check_names("") == [] and check_names("constant_output 5/5") == []
 
 
 def test_escalate_false_only_flags(digits_model, cfg_factory, tmp_path):
