@@ -49,6 +49,7 @@ from fragility.benchmarks.explain import explain_figures
 from fragility.benchmarks.figures import run_figures
 from fragility.benchmarks.leaderboard import board_row, defense_leaderboard, log_wandb_table, write_leaderboards
 from fragility.benchmarks.metrics import METRIC_FIELDS, compute_metrics, perturbation_norms
+from fragility.benchmarks.partial import PARTIAL, PartialRun, partial_key
 from fragility.benchmarks.provenance import config_hash, now, versions
 from fragility.benchmarks.record import RunRecord
 from fragility.benchmarks.store import ResultStore
@@ -339,7 +340,7 @@ class Trial:
                 self.attack.prepare(
                     self.model, train=self.training_data(), held_out=held_out, device=self.device, progress=self.progress
                 )
-            result, examples, norms, seconds = self._attack_all(variant)
+            result, examples, norms, seconds = self._attack_all(variant, config_hash)
             flags = self._checks(result)
         stored = "; ".join(f for f in [*self.output_flags, _nonfinite_flag(result), format_flags(flags)] if f)
         record = self._record(variant, config_hash, result, examples, norms, seconds, flags=stored)
@@ -394,20 +395,32 @@ class Trial:
         with adaptive_mode(model, variant == "adaptive"):
             if model is not self.model:
                 model.adaptive = True  # EOT over the model's own randomness
-            result, examples, norms, seconds = trial._attack_all(e.variant)
+            result, examples, norms, seconds = trial._attack_all(e.variant, e.config_hash)
         return trial._record(e.variant, e.config_hash, result, examples, norms, seconds)
 
-    def _attack_all(self, variant: str):
+    def _attack_all(self, variant: str, config_hash: str):
+        """Attack the correctly classified images batch by batch. The finished batches are kept in
+        ``runs/<config_hash>/partial.pt`` (:mod:`fragility.benchmarks.partial`), so a run stopped
+        part way resumes after its last finished batch."""
         attack, data = self.attack, self.data
         targets_all = attack.make_targets(self.model, data.y)
         attacked = (self.clean_pred == data.y).nonzero().flatten()
         parts: list[AttackResult] = []
         norms = {k: np.zeros(len(data)) for k in ("linf", "l2", "l0")}
         examples: dict[str, torch.Tensor] = {}
-        t0 = time.perf_counter()
+        weights = str(getattr(self.model, "weights_sha256", "") or "")
+        key = partial_key(config_hash, attacked, self.batch_size, weights, versions())
+        partial = PartialRun(self.results_dir / "runs" / config_hash / PARTIAL, key)
         desc = f"{self.model.name} {attack.name}" + ("" if variant == "standard" else f" [{variant}]")
-        bar = tqdm(total=len(attacked), desc=desc, unit="img", disable=not self.progress, leave=False)
-        for start in range(0, len(attacked), self.batch_size):
+        first, before = 0, 0.0
+        if bool(self.cfg.get("force", False)):
+            partial.remove()  # force: every batch again
+        elif (state := partial.load()) is not None:
+            first, parts, norms, examples, before = (state[k] for k in ("done", "parts", "norms", "examples", "seconds"))
+            print(f"[fragility] {desc}: resuming after {first}/{len(attacked)} images attacked before ({partial.path})")
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(attacked), initial=first, desc=desc, unit="img", disable=not self.progress, leave=False)
+        for start in range(first, len(attacked), self.batch_size):
             idx = attacked[start : start + self.batch_size]
             x = data.images(idx)
             keys = mix64(data.ids[idx] + (self.seed << 32))
@@ -420,8 +433,10 @@ class Trial:
             res.adv = res.adv[:0]  # keep memory flat: only the examples keep images
             parts.append(res)
             bar.update(len(idx))
+            if start + len(idx) < len(attacked):
+                partial.save(start + len(idx), parts, norms, examples, before + time.perf_counter() - t0)
         bar.close()
-        seconds = time.perf_counter() - t0
+        seconds = before + time.perf_counter() - t0
         result = AttackResult.concat(parts) if parts else None
         self._targets, self._attacked = targets_all, attacked
         return result, examples, norms, seconds
@@ -478,6 +493,7 @@ class Trial:
             weights_sha256=str(getattr(self.model, "weights_sha256", "") or ""),
         )
         self.store.write(record, samples)
+        PartialRun(run_dir / PARTIAL, "").remove()  # the run is stored: its finished batches are not needed
         self._log(record, metrics, ctx)
         if record.n_attacked:
             success = f"{record.success_rate:.1%} [{record.success_ci_low:.1%}, {record.success_ci_high:.1%}]"

@@ -1,0 +1,99 @@
+"""Resuming an interrupted attack: the batches a run has finished, kept beside its results.
+
+An AutoAttack or one-pixel run over a few hundred images takes minutes to hours on a CPU. The
+runner attacks the correctly classified images batch by batch; after each batch but the last it
+writes what those batches found (per-sample facts, perturbation norms, the example images: no
+adversarial images beyond those) to ``runs/<config hash>/partial.pt``. A rerun of the same
+configuration that finds the file, with the same key, starts after the last finished batch. Every
+sample's random stream is its own (``fragility.rng``), so the resumed run's rows are the ones an
+uninterrupted run would have written. The file goes once the record is stored.
+
+The key covers what could make the saved batches another run's: the config hash (config, variant,
+seed), the images attacked, the batch size, the model's weights and the versions of fragility,
+torch and the git commit. A file with another key, or one that does not load, is set aside with a
+warning and the run starts from its first batch. It is read with ``weights_only=True``: tensors,
+numbers, strings and containers only, so a planted file runs no code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fragility.attacks.base import AttackResult
+
+log = logging.getLogger(__name__)
+PARTIAL = "partial.pt"
+
+
+def partial_key(config_hash: str, attacked: torch.Tensor, batch_size: int, weights: str, versions: dict) -> str:
+    facts = {
+        "config_hash": config_hash,
+        "attacked": hashlib.sha256(attacked.to(torch.int64).numpy().tobytes()).hexdigest(),
+        "n": len(attacked),
+        "batch_size": batch_size,
+        "weights": weights,
+        "versions": versions,
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+class PartialRun:
+    """The finished batches of one run at ``path``, valid for ``key`` only."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = Path(path), key
+        self._warned = False
+
+    def load(self) -> dict[str, Any] | None:
+        """``{"done", "parts", "norms", "examples", "seconds"}`` of the earlier attempt, or None."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or state.get("key") != self.key:
+                why = "it belongs to another run (other images, batch size, weights or versions)"
+                raise ValueError(why)
+            parts = [AttackResult(**p) for p in state["parts"]]
+            norms = {k: v.numpy().copy() for k, v in state["norms"].items()}
+            done, seconds = int(state["done"]), float(state["seconds"])
+            examples = dict(state["examples"])
+        except Exception as e:  # a stale, foreign or damaged file costs the restart only
+            log.warning("starting from the first batch: %s is not used (%s)", self.path, str(e).splitlines()[0][:200])
+            self.remove()
+            return None
+        return {"done": done, "parts": parts, "norms": norms, "examples": examples, "seconds": seconds}
+
+    def save(self, done: int, parts: list[AttackResult], norms: dict[str, np.ndarray], examples: dict, seconds: float) -> None:
+        """Replace the file with the first ``done`` attacked images' results (atomically)."""
+        state = {
+            "key": self.key,
+            "done": done,
+            "parts": [{f.name: getattr(p, f.name) for f in fields(p)} for p in parts],
+            "norms": {k: torch.from_numpy(v) for k, v in norms.items()},
+            "examples": examples,
+            "seconds": seconds,
+        }
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(state, tmp)
+            os.replace(tmp, self.path)
+        except OSError as e:  # a full disk or read-only folder costs resumability, not the run
+            if not self._warned:
+                log.warning("cannot keep finished batches in %s (%s); an interrupted run will start over", self.path, e)
+                self._warned = True
+
+    def remove(self) -> None:
+        for p in (self.path, self.path.with_name(self.path.name + ".tmp")):
+            with contextlib.suppress(OSError):
+                p.unlink(missing_ok=True)

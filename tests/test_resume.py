@@ -1,0 +1,108 @@
+"""A run stopped part way resumes after its last finished batch, and writes the rows an
+uninterrupted run would have written; a partial file that is not this run's is not used."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose
+
+from fragility.attacks.square import Square
+from fragility.benchmarks.partial import PARTIAL
+from fragility.benchmarks.runner import run
+from fragility.benchmarks.store import ResultStore
+
+ARGS = ["attack=square", "attack.eps=0.1", "attack.queries=60", "n_samples=80", "batch_size=16", "logger=none"]
+MARKER = Path("/tmp/fragility-test-partial-pwned")
+
+
+def _cfg(results: Path, *extra: str):
+    return compose([f"results_dir={results}", "progress=false", *ARGS, *extra])
+
+
+def _samples(results: Path):
+    store = ResultStore(results)
+    (rec,) = store.records()
+    return rec, store.samples(rec.config_hash).sort_values("sample_id").reset_index(drop=True)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+def _count_batches(monkeypatch, stop_at: int | None = None) -> list[int]:
+    calls: list[int] = []
+    original = Square._run
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        if stop_at is not None and len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(Square, "_run", counted)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    results = tmp_path_factory.mktemp("whole")
+    run(_cfg(results))
+    return _samples(results)
+
+
+def test_interrupted_run_resumes_after_its_finished_batches(uninterrupted, tmp_path, monkeypatch, capsys):
+    whole_rec, whole = uninterrupted
+    results = tmp_path / "r"
+    with monkeypatch.context() as m:
+        _count_batches(m, stop_at=3)
+        with pytest.raises(KeyboardInterrupt):
+            run(_cfg(results))
+    assert ResultStore(results).records() == []  # nothing half-written in the store
+    (partial,) = (results / "runs").glob(f"*/{PARTIAL}")
+    assert torch.load(partial, weights_only=True)["done"] == 32  # two batches of 16 finished
+    capsys.readouterr()
+    calls = _count_batches(monkeypatch)
+    run(_cfg(results))
+    assert "resuming after 32/" in capsys.readouterr().out
+    rec, resumed = _samples(results)
+    n_batches = -(-rec.n_attacked // 16)
+    assert len(calls) == n_batches - 2  # only the batches that had not finished
+    assert (rec.config_hash, rec.n_attacked, rec.robust_acc) == (
+        whole_rec.config_hash,
+        whole_rec.n_attacked,
+        whole_rec.robust_acc,
+    )
+    cols = ["sample_id", "success", "queries", "adv_pred", "linf", "l2"]
+    cols = [c for c in cols if c in whole.columns]
+    assert len(cols) >= 4, whole.columns
+    assert resumed[cols].equals(whole[cols])
+    assert not partial.exists()  # stored: the finished batches are not kept
+
+
+@pytest.mark.parametrize("content", ["garbage", "evil", "other_run"])
+def test_a_partial_file_that_is_not_this_runs_is_not_used(content, uninterrupted, tmp_path, monkeypatch):
+    whole_rec, whole = uninterrupted
+    results = tmp_path / "r"
+    with monkeypatch.context() as m:
+        _count_batches(m, stop_at=3)
+        with pytest.raises(KeyboardInterrupt):
+            run(_cfg(results, "batch_size=8" if content == "other_run" else "batch_size=16"))
+    (partial,) = (results / "runs").glob(f"*/{PARTIAL}")
+    if content == "garbage":
+        partial.write_bytes(b"PK\x03\x04 not a partial file" * 5)
+    elif content == "evil":
+        partial.write_bytes(pickle.dumps({"key": _Evil()}))
+    MARKER.unlink(missing_ok=True)
+    calls = _count_batches(monkeypatch)
+    run(_cfg(results))  # batch_size=16: an "other_run" file (batch size 8) has another key
+    rec, samples = _samples(results)
+    assert len(calls) == -(-rec.n_attacked // 16)  # every batch again
+    assert samples["success"].equals(whole["success"]) and rec.robust_acc == whole_rec.robust_acc
+    assert not MARKER.exists()
+    assert not partial.exists()
