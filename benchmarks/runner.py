@@ -3,7 +3,8 @@
 Steps: build the model (and defense), load a seeded subset of the data, score clean accuracy,
 attack the initially correct samples batch by batch (progress bar), compute metrics, write one
 record plus per-sample facts to the store in one transaction, draw pictures, log to W&B, and
-re-render the leaderboards. A finished configuration is skipped unless ``force=true``.
+re-render the leaderboards. A finished configuration is skipped unless ``force=true``; one
+stopped part way resumes after its last finished batch (:mod:`fragility.benchmarks.partial`).
 
 Defenses are scored honestly (Athalye, Carlini, Wagner 2018): when the configured defense is
 non-differentiable (jpeg, bit_depth, median) or randomized (gaussian_noise, smoothing), the attack
@@ -49,7 +50,7 @@ from fragility.benchmarks.explain import explain_figures
 from fragility.benchmarks.figures import run_figures
 from fragility.benchmarks.leaderboard import board_row, defense_leaderboard, log_wandb_table, write_leaderboards
 from fragility.benchmarks.metrics import METRIC_FIELDS, compute_metrics, perturbation_norms
-from fragility.benchmarks.partial import PARTIAL, PartialRun, partial_key
+from fragility.benchmarks.partial import PARTIAL, PartialRun, attack_state, partial_key
 from fragility.benchmarks.provenance import config_hash, now, versions
 from fragility.benchmarks.record import RunRecord
 from fragility.benchmarks.store import ResultStore
@@ -409,7 +410,7 @@ class Trial:
         norms = {k: np.zeros(len(data)) for k in ("linf", "l2", "l0")}
         examples: dict[str, torch.Tensor] = {}
         weights = str(getattr(self.model, "weights_sha256", "") or "")
-        key = partial_key(config_hash, attacked, self.batch_size, weights, versions())
+        key = partial_key(config_hash, attacked, self.batch_size, weights, versions(), attack_state(attack))
         partial = PartialRun(self.results_dir / "runs" / config_hash / PARTIAL, key)
         desc = f"{self.model.name} {attack.name}" + ("" if variant == "standard" else f" [{variant}]")
         first, before = 0, 0.0
@@ -433,7 +434,7 @@ class Trial:
             res.adv = res.adv[:0]  # keep memory flat: only the examples keep images
             parts.append(res)
             bar.update(len(idx))
-            if start + len(idx) < len(attacked):
+            if start + len(idx) < len(attacked) and partial.due():
                 partial.save(start + len(idx), parts, norms, examples, before + time.perf_counter() - t0)
         bar.close()
         seconds = before + time.perf_counter() - t0

@@ -11,13 +11,19 @@ import pytest
 import torch
 from conftest import compose
 
+from fragility.attacks.patch import Patch
 from fragility.attacks.square import Square
-from fragility.benchmarks.partial import PARTIAL
+from fragility.benchmarks.partial import PARTIAL, attack_state
 from fragility.benchmarks.runner import run
 from fragility.benchmarks.store import ResultStore
 
 ARGS = ["attack=square", "attack.eps=0.1", "attack.queries=60", "n_samples=80", "batch_size=16", "logger=none"]
 MARKER = Path("/tmp/fragility-test-partial-pwned")
+
+
+@pytest.fixture(autouse=True)
+def _save_after_every_batch(monkeypatch):
+    monkeypatch.setattr("fragility.benchmarks.partial.SAVE_EVERY_S", 0.0)
 
 
 def _cfg(results: Path, *extra: str):
@@ -106,3 +112,24 @@ def test_a_partial_file_that_is_not_this_runs_is_not_used(content, uninterrupted
     assert samples["success"].equals(whole["success"]) and rec.robust_acc == whole_rec.robust_acc
     assert not MARKER.exists()
     assert not partial.exists()
+
+
+def test_what_an_attack_learned_is_part_of_the_key():
+    """Batches scored with one trained patch are never joined to batches scored with another."""
+    patch = Patch(target=3)
+    patch.patch = torch.zeros(1, 4, 4)
+    before = attack_state(patch)
+    patch.patch = torch.zeros(1, 4, 4).index_fill_(2, torch.tensor([1]), 0.5)
+    assert attack_state(patch) != before and before != ""
+    assert attack_state(Square(eps=0.1)) == ""  # nothing learned: nothing to compare
+
+
+def test_batches_finished_within_the_save_interval_are_not_written(tmp_path, monkeypatch):
+    """Saving costs milliseconds; a fast attack is not made to pay it after every batch."""
+    monkeypatch.setattr("fragility.benchmarks.partial.SAVE_EVERY_S", 3600.0)
+    results = tmp_path / "r"
+    with monkeypatch.context() as m:
+        _count_batches(m, stop_at=3)
+        with pytest.raises(KeyboardInterrupt):
+            run(_cfg(results))
+    assert list(results.glob(f"runs/*/{PARTIAL}")) == []
