@@ -53,6 +53,19 @@ def attack_state(attack) -> str:
     return h.hexdigest()
 
 
+def model_digest(model) -> str:
+    """The checkpoint's SHA-256 where the model came from one, else a digest of its parameters and
+    buffers (a digits CNN retrained after its cache was cleared, a torchvision model's weights)."""
+    sha = str(getattr(model, "weights_sha256", "") or "")
+    if sha:
+        return sha
+    h = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def partial_key(config_hash: str, attacked: torch.Tensor, batch_size: int, weights: str, versions: dict, state: str = "") -> str:
     facts = {
         "attack_state": state,

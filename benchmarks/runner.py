@@ -50,7 +50,7 @@ from fragility.benchmarks.explain import explain_figures
 from fragility.benchmarks.figures import run_figures
 from fragility.benchmarks.leaderboard import board_row, defense_leaderboard, log_wandb_table, write_leaderboards
 from fragility.benchmarks.metrics import METRIC_FIELDS, compute_metrics, perturbation_norms
-from fragility.benchmarks.partial import PARTIAL, PartialRun, attack_state, partial_key
+from fragility.benchmarks.partial import PARTIAL, PartialRun, attack_state, model_digest, partial_key
 from fragility.benchmarks.provenance import config_hash, now, versions
 from fragility.benchmarks.record import RunRecord
 from fragility.benchmarks.store import ResultStore
@@ -409,8 +409,7 @@ class Trial:
         parts: list[AttackResult] = []
         norms = {k: np.zeros(len(data)) for k in ("linf", "l2", "l0")}
         examples: dict[str, torch.Tensor] = {}
-        weights = str(getattr(self.model, "weights_sha256", "") or "")
-        key = partial_key(config_hash, attacked, self.batch_size, weights, versions(), attack_state(attack))
+        key = partial_key(config_hash, attacked, self.batch_size, model_digest(self.model), versions(), attack_state(attack))
         partial = PartialRun(self.results_dir / "runs" / config_hash / PARTIAL, key)
         desc = f"{self.model.name} {attack.name}" + ("" if variant == "standard" else f" [{variant}]")
         first, before = 0, 0.0

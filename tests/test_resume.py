@@ -13,7 +13,7 @@ from conftest import compose
 
 from fragility.attacks.patch import Patch
 from fragility.attacks.square import Square
-from fragility.benchmarks.partial import PARTIAL, attack_state
+from fragility.benchmarks.partial import PARTIAL, attack_state, model_digest
 from fragility.benchmarks.runner import run
 from fragility.benchmarks.store import ResultStore
 
@@ -133,3 +133,16 @@ def test_batches_finished_within_the_save_interval_are_not_written(tmp_path, mon
         with pytest.raises(KeyboardInterrupt):
             run(_cfg(results))
     assert list(results.glob(f"runs/*/{PARTIAL}")) == []
+
+
+def test_other_weights_under_the_same_name_are_part_of_the_key():
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        b.weight.copy_(a.weight)
+        b.bias.copy_(a.bias)
+    assert model_digest(a) == model_digest(b)
+    with torch.no_grad():
+        b.bias[0] += 1e-6
+    assert model_digest(a) != model_digest(b)
+    b.weights_sha256 = "ab" * 32  # a checkpoint's file digest is used as it is
+    assert model_digest(b) == "ab" * 32
