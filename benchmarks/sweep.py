@@ -150,6 +150,15 @@ def progress_line(p: dict[str, Any], now_s: float | None = None) -> str:
     return f"[fragility] sweep: {finished}/{p['total']} ({counts}), {remaining} remaining{eta}"
 
 
+def finished_line(p: dict[str, Any], now_s: float | None = None) -> str:
+    """The sweep's summary at its end (the last job's progress line already said "0 remaining")."""
+    finished = sum(p[s] for s in STATUSES)
+    took = f" in {_duration((now_s or time.time()) - p['start'])}" if p["start"] else ""
+    counts = f"{p['done']} done, {p['skipped']} skipped, {p['failed']} failed"
+    jobs = f"{finished} of {p['total']}" if p["total"] is not None and p["total"] != finished else f"{finished}"
+    return f"[fragility] sweep finished{took}: {jobs} jobs ({counts})"
+
+
 def job_finished(sweep_dir: Path, num: int, status: str, seconds: float, overrides: list[str]) -> str:
     event = {"event": "job", "num": num, "status": status, "seconds": round(seconds, 3), "time": time.time()}
     try:
@@ -196,7 +205,7 @@ class SweepProgress(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         p = read_progress(sweep_dir)
-        print(progress_line(p), flush=True)
+        print(finished_line(p), flush=True)
         _print_leaderboard(config)
         if p["failed"]:
             print(

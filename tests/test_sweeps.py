@@ -17,7 +17,7 @@ from conftest import REPO
 
 from fragility.benchmarks.resources import job_resources, launcher_share, plan_threads
 from fragility.benchmarks.store import ResultStore
-from fragility.benchmarks.sweep import progress_line, read_progress, sweep_size
+from fragility.benchmarks.sweep import finished_line, progress_line, read_progress, sweep_size
 
 FRAGILITY = [sys.executable, "-c", "from fragility.benchmarks.cli import main; main()"]
 # a 2-CPU Ray head on loopback for the ray_cluster test
@@ -61,7 +61,7 @@ def test_joblib_sweep_contains_failures_and_rerun_completes_only_what_is_missing
     results = tmp_path / "results"
     p = sweep(results, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     first = check_contained(p, results)
-    assert "[fragility] sweep: 4/4 (2 done, 0 skipped, 2 failed), 0 remaining" in p.stdout
+    assert "[fragility] sweep finished in " in p.stdout and ": 4 jobs (2 done, 0 skipped, 2 failed)" in p.stdout
     # a job that crashed before writing: its row is missing; the rerun runs it and only it
     store = ResultStore(results)
     lost = next(r.config_hash for r in store.records() if r.variant == "standard")
@@ -196,6 +196,7 @@ def test_progress_line_counts_and_estimates(tmp_path):
     p = read_progress(tmp_path)
     assert (p["done"], p["skipped"], p["failed"]) == (2, 1, 0)
     assert progress_line(p, now_s=130.0) == "[fragility] sweep: 3/10 (2 done, 1 skipped, 0 failed), 7 remaining, ~1m10s left"
+    assert finished_line(p, now_s=130.0) == "[fragility] sweep finished in 30s: 3 of 10 jobs (2 done, 1 skipped, 0 failed)"
 
 
 def test_threads_share_the_cores(monkeypatch):
