@@ -55,6 +55,14 @@ def _count_batches(monkeypatch, stop_at: int | None = None) -> list[int]:
     return calls
 
 
+def _interrupted_run(results: Path, monkeypatch, *extra: str) -> None:
+    """Run the configuration and stop it with Ctrl-C as its third batch starts."""
+    with monkeypatch.context() as m:
+        _count_batches(m, stop_at=3)
+        with pytest.raises(KeyboardInterrupt):
+            run(_cfg(results, *extra))
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     results = tmp_path_factory.mktemp("whole")
@@ -65,10 +73,7 @@ def uninterrupted(tmp_path_factory):
 def test_interrupted_run_resumes_after_its_finished_batches(uninterrupted, tmp_path, monkeypatch, capsys):
     whole_rec, whole = uninterrupted
     results = tmp_path / "r"
-    with monkeypatch.context() as m:
-        _count_batches(m, stop_at=3)
-        with pytest.raises(KeyboardInterrupt):
-            run(_cfg(results))
+    _interrupted_run(results, monkeypatch)
     assert ResultStore(results).records() == []  # nothing half-written in the store
     (partial,) = (results / "runs").glob(f"*/{PARTIAL}")
     assert torch.load(partial, weights_only=True)["done"] == 32  # two batches of 16 finished
@@ -95,10 +100,7 @@ def test_interrupted_run_resumes_after_its_finished_batches(uninterrupted, tmp_p
 def test_a_partial_file_that_is_not_this_runs_is_not_used(content, uninterrupted, tmp_path, monkeypatch):
     whole_rec, whole = uninterrupted
     results = tmp_path / "r"
-    with monkeypatch.context() as m:
-        _count_batches(m, stop_at=3)
-        with pytest.raises(KeyboardInterrupt):
-            run(_cfg(results, "batch_size=8" if content == "other_run" else "batch_size=16"))
+    _interrupted_run(results, monkeypatch, "batch_size=8" if content == "other_run" else "batch_size=16")
     (partial,) = (results / "runs").glob(f"*/{PARTIAL}")
     if content == "garbage":
         partial.write_bytes(b"PK\x03\x04 not a partial file" * 5)
@@ -128,10 +130,7 @@ def test_batches_finished_within_the_save_interval_are_not_written(tmp_path, mon
     """Saving costs milliseconds; a fast attack is not made to pay it after every batch."""
     monkeypatch.setattr("fragility.benchmarks.partial.SAVE_EVERY_S", 3600.0)
     results = tmp_path / "r"
-    with monkeypatch.context() as m:
-        _count_batches(m, stop_at=3)
-        with pytest.raises(KeyboardInterrupt):
-            run(_cfg(results))
+    _interrupted_run(results, monkeypatch)
     assert list(results.glob(f"runs/*/{PARTIAL}")) == []
 
 
