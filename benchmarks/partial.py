@@ -10,9 +10,10 @@ uninterrupted run would have written. The file goes once the record is stored.
 
 The key covers what could make the saved batches another run's: the config hash (config, variant,
 seed), the images attacked, the batch size, the model's weights, what the attack learned before
-evaluation (a trained patch) and the versions of fragility, torch and the git commit. A file with another key, or one that does not load, is set aside with a
-warning and the run starts from its first batch. It is read with ``weights_only=True``: tensors,
-numbers, strings and containers only, so a planted file runs no code.
+evaluation (a trained patch) and the versions of fragility, torch and the git commit. A file with
+another key, or one that does not load, is set aside with a warning and the run starts from its
+first batch. It is read with ``weights_only=True``: tensors, numbers, strings and containers only,
+so a planted file runs no code.
 """
 
 from __future__ import annotations
