@@ -61,8 +61,7 @@ def run_sweep_job(cfg: DictConfig, run) -> str:
         was_done = _standard_done(cfg)
         with job_resources(str(cfg.get("device", "auto"))):
             rec = run(cfg)
-        # skipped: its row was there before and nothing newer came back (a variant may be returned instead)
-        status = "skipped" if was_done and rec is not None and rec.timestamp < start else "done"
+        status = "skipped" if was_done and not _wrote_since(cfg, rec, start) else "done"
     except Exception as e:  # containment: whatever one job raises, the sweep goes on
         status, msg = "failed", one_line(e)
         where = record_failure(cfg, msg)
@@ -79,6 +78,20 @@ def _standard_done(cfg: DictConfig) -> bool:
     from fragility.benchmarks.store import ResultStore
 
     return ResultStore.for_config(cfg).has(config_hash(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)))
+
+
+def _wrote_since(cfg: DictConfig, rec, start: str) -> bool:
+    """Whether the job wrote a row: the one ``run`` returned is new, or an escalation of the
+    configuration's stored rows is (a rerun that only finished an interrupted escalation returns
+    the flagged row when the escalation found nothing more, yet it did work)."""
+    if rec is None or rec.timestamp >= start:
+        return True
+    from fragility.benchmarks.runner import escalated_from, variant_hash
+    from fragility.benchmarks.store import ResultStore
+
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    hashes = {variant_hash(resolved, v) for v in ("standard", "adaptive")}
+    return any(r.timestamp >= start for r in escalated_from(ResultStore.for_config(cfg), hashes))
 
 
 def record_failure(cfg: DictConfig, msg: str) -> str:

@@ -4,20 +4,27 @@ per-job resources. The Ray test needs the ray extra (pip install -e '.[ray]') an
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import os
 import subprocess
 import sys
 from itertools import product
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
 from conftest import REPO
+from omegaconf import OmegaConf
+from records import make_run_record
 
+import fragility.benchmarks.sweep as sweep_module
+from fragility.benchmarks.provenance import config_hash, now
 from fragility.benchmarks.resources import job_resources, launcher_share, plan_threads
 from fragility.benchmarks.store import ResultStore
-from fragility.benchmarks.sweep import finished_line, progress_line, read_progress, sweep_size
+from fragility.benchmarks.sweep import finished_line, progress_line, read_progress, run_sweep_job, sweep_size
 
 FRAGILITY = [sys.executable, "-c", "from fragility.benchmarks.cli import main; main()"]
 # a 2-CPU Ray head on loopback for the ray_cluster test
@@ -182,6 +189,32 @@ def test_sweep_size_counts_command_line_sweeps():
 
 
 # -- progress and resources -----------------------------------------------------------------------
+
+
+def test_a_job_that_only_finished_an_escalation_counts_as_done(tmp_path, cfg_factory, monkeypatch):
+    """The rerun of a job cut off between its flagged row and the escalation runs the escalation and
+    may return the old flagged row (when the escalation found no more); it did work: not skipped."""
+    cfg = cfg_factory("attack=pgd")
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    h = config_hash(resolved)
+    store = ResultStore.for_config(cfg)
+    flagged = make_run_record(config_hash=h, flags="saturated 30/32", timestamp="2026-01-01T00:00:00+00:00")
+    store.write(flagged)
+    hc = SimpleNamespace(
+        job=SimpleNamespace(num=0), overrides=SimpleNamespace(task=["attack=pgd"]), sweep=SimpleNamespace(dir=str(tmp_path))
+    )
+    monkeypatch.setattr(sweep_module.HydraConfig, "get", staticmethod(lambda: hc))
+    monkeypatch.setattr(sweep_module, "job_resources", lambda device: contextlib.nullcontext())
+
+    def finish_escalation(c):
+        blob = json.dumps({"escalated_from": h})
+        store.write(make_run_record(config_hash="e" * 16, variant="escalated", config_json=blob, timestamp=now()))
+        return flagged
+
+    assert run_sweep_job(cfg, lambda c: flagged) == "skipped"  # nothing new: skipped
+    assert run_sweep_job(cfg, finish_escalation) == "done"
+    monkeypatch.setattr(sweep_module, "now", lambda: "2099-01-01T00:00:00+00:00")
+    assert run_sweep_job(cfg, lambda c: flagged) == "skipped"  # an older escalation is not this job's
 
 
 def test_progress_line_counts_and_estimates(tmp_path):
