@@ -19,6 +19,15 @@ differentiated), at the batch sizes Square sees on a robust model's survivors. M
 BatchNorm (the digits CNN) have no copy and are skipped.
 
     python benchmarks/peers/bench_forward.py --threads 1 --fold --models resnet20
+
+``--roofline``: how close the folded copy's fp32 forward already is to what the CPU can do. Per
+batch: the forward's FLOPs (``torch.utils.flop_counter``: convolutions and matrix products, 2 per
+multiply-add), its achieved GFLOP/s, and that as a share of the attainable rate, measured in the same
+process as the median GFLOP/s of a 1024 x 1024 fp32 matrix product (the best case for the vector
+units). A forward near that share cannot be made much faster in fp32 by any scheduling: only fewer
+FLOPs or a cheaper number format would.
+
+    python benchmarks/peers/bench_forward.py --threads 1 --roofline --models resnet20
 """
 
 from __future__ import annotations
@@ -84,12 +93,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("FRAGILITY_THREADS", os.cpu_count() or 1)))
     ap.add_argument("--fold", action="store_true", help="channels_last vs its BatchNorm-folded copy, fwd only")
+    ap.add_argument("--roofline", action="store_true", help="the folded fp32 forward's GFLOP/s against a matrix product's")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = pick_device(args.device)
     print(f"# device {device_name(dev)}, threads {args.threads}, torch {torch.__version__}, median of {args.repeats}")
     if args.fold:
         fold_table(args, dev)
+        return
+    if args.roofline:
+        roofline_table(args, dev)
         return
     print("| model | batch | precision | pass | NCHW ms | channels_last ms | speed-up |")
     print("| --- | ---: | --- | --- | ---: | ---: | ---: |")
@@ -132,6 +145,47 @@ def fold_table(args, dev) -> None:
                 b = time_ms(folded, x, bf16, False, args.repeats, dev)
                 print(f"| {name} | {batch} | {'bf16' if bf16 else 'fp32'} | fwd | {a:.2f} | {b:.2f} | {a / b:.2f}x |", flush=True)
             print(f"# {name} batch {batch}: max |logit difference| folded vs not {diff:.2e}", flush=True)
+
+
+def forward_flops(model, x) -> int:
+    """FLOPs of one forward of ``x`` (convolutions and matrix products), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def matmul_gflops(dev, repeats: int, n: int = 1024) -> float:
+    a, b = (torch.rand(n, n, generator=torch.Generator().manual_seed(i)).to(dev) for i in (0, 1))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        sync(dev)
+        t0 = time.perf_counter()
+        a @ b
+        sync(dev)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def roofline_table(args, dev) -> None:
+    peak = matmul_gflops(dev, args.repeats)
+    print(f"# attainable fp32 rate: {peak:.1f} GFLOP/s (1024 x 1024 matrix product, median of {args.repeats})")
+    print("| model | batch | MFLOP / image | folded fp32 fwd ms | GFLOP/s | share of the matrix product's |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name in args.models.split(","):
+        model = load(name, args.shared).to(dev).to(memory_format=torch.channels_last).eval()
+        net = folded_copy(model) or model  # the digits CNN has no BatchNorm: itself
+        c, h, w = model.input_size
+        for batch in sorted({*FOLD_BATCHES[name], 60}):
+            x = torch.rand(batch, c, h, w, generator=torch.Generator().manual_seed(batch)).to(dev)
+            flops = forward_flops(net, x)
+            ms = time_ms(net, x, False, False, args.repeats, dev)
+            rate = flops / ms / 1e6
+            print(f"| {name} | {batch} | {flops / batch / 1e6:.1f} | {ms:.2f} | {rate:.1f} | {rate / peak:.0%} |", flush=True)
+    print(f"# attainable fp32 rate after the table: {matmul_gflops(dev, args.repeats):.1f} GFLOP/s", flush=True)
 
 
 if __name__ == "__main__":
