@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -139,6 +140,19 @@ def variant_hash(resolved: dict, variant: str) -> str:
     return config_hash(resolved) if variant == "standard" else config_hash({**resolved, "variant": variant})
 
 
+def _needs_gradients(resolved: dict) -> bool:
+    """Whether the configured attack asks the model for gradients (its class's ``needs_gradients``;
+    True where that cannot be told). BPDA and EOT change only the backward pass, so a score-only
+    attack (Square, Sparse-RS, one-pixel) sees the same model in both variants: its adaptive
+    variant would repeat the standard run at twice the cost, and is not run."""
+    target = (resolved.get("attack") or {}).get("_target_")
+    try:
+        cls = get_class(str(target))  # through the instantiate gate already (check_config)
+    except Exception:  # not a class (a factory function): assume gradients, and run both variants
+        return True
+    return bool(getattr(cls, "needs_gradients", True))
+
+
 def worst_record(records: list[RunRecord]) -> RunRecord:
     """A defense's reported robustness: the variant with the lowest robust accuracy."""
     return min(records, key=lambda r: (r.robust_acc, r.variant != "adaptive"))
@@ -203,7 +217,8 @@ def run(cfg: DictConfig) -> RunRecord:
     resolved = check_config(cfg)  # the instantiate gate, on every _target_, before any work
     allowed = list(cfg.get("allowed_targets") or [])
     defense = build_defense(cfg, allowed)
-    variants = ["standard"] + (["adaptive"] if defense is not None and defense.needs_adaptive else [])
+    adaptive = defense is not None and defense.needs_adaptive and _needs_gradients(resolved)
+    variants = ["standard"] + (["adaptive"] if adaptive else [])
     hashes = {v: variant_hash(resolved, v) for v in variants}
     store = ResultStore.for_config(cfg)
     results_dir = Path(cfg.results_dir)

@@ -261,6 +261,19 @@ def test_runner_adaptive_can_be_switched_off_and_none_has_one_variant(cfg_factor
     assert sorted(r.defense for r in recs) == ["jpeg(quality=75)", "none"] and all(r.variant == "standard" for r in recs)
 
 
+@pytest.mark.parametrize("defense", ["jpeg", "gaussian_noise"])
+def test_score_only_attack_runs_one_variant(cfg_factory, defense):
+    """BPDA and EOT act on gradients only: Square asks for scores, so its adaptive run would be the
+    standard run again at twice the cost. One row; a gradient attack on the same defense gets two."""
+    cfg = cfg_factory("n_samples=20", "attack=square", "attack.queries=30", "attack.eps=0.2", f"defense={defense}")
+    rec = run(cfg)
+    recs = ResultStore(cfg.results_dir).records()
+    assert [r.variant for r in recs] == ["standard"] and rec.config_hash == recs[0].config_hash
+    run(cfg_factory("n_samples=20", "attack=fgsm", "attack.eps=0.2", f"defense={defense}", "escalate=false"))
+    fgsm = [r.variant for r in ResultStore(cfg.results_dir).records() if r.attack == "fgsm"]
+    assert sorted(fgsm) == ["adaptive", "standard"]
+
+
 def test_runner_smoothing_reports_certified_accuracy(cfg_factory):
     cfg = cfg_factory(
         "n_samples=40",
