@@ -689,7 +689,7 @@ def rerun_command(r: RunRecord, results_dir: str = "") -> str:
         cfg = {}
     args: list[str] = []
     for key, v in cfg.items():
-        if key in NON_SEMANTIC_KEYS:
+        if key in NON_SEMANTIC_KEYS or key == "inputs":  # inputs: the files' digests, not a setting
             continue
         if isinstance(v, dict):
             choice, extra = _choice(key, v)

@@ -49,6 +49,7 @@ from fragility.benchmarks.config import check_config, safe_instantiate
 from fragility.benchmarks.escalation import EscalationSettings, Plan, attack_with, eot_model, plan
 from fragility.benchmarks.explain import explain_figures
 from fragility.benchmarks.figures import run_figures
+from fragility.benchmarks.inputs import with_inputs
 from fragility.benchmarks.leaderboard import board_row, defense_leaderboard, log_wandb_table, write_leaderboards
 from fragility.benchmarks.metrics import METRIC_FIELDS, compute_metrics, perturbation_norms
 from fragility.benchmarks.partial import PARTIAL, PartialRun, attack_state, model_digest, partial_key
@@ -214,7 +215,9 @@ def run(cfg: DictConfig) -> RunRecord:
     twice, ``standard`` (gradients as the defense exposes them) and ``adaptive`` (BPDA / EOT),
     each written as its own record; the one returned is the worst case of the two."""
     n_samples, seed, batch_size = _check_top_level(cfg)
-    resolved = check_config(cfg)  # the instantiate gate, on every _target_, before any work
+    # the instantiate gate, on every _target_, before any work; then the content of the files the
+    # run reads, so that new weights or data under an old path are never answered from the store
+    resolved = with_inputs(check_config(cfg))
     allowed = list(cfg.get("allowed_targets") or [])
     defense = build_defense(cfg, allowed)
     adaptive = defense is not None and defense.needs_adaptive and _needs_gradients(resolved)

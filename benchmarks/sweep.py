@@ -77,7 +77,14 @@ def _standard_done(cfg: DictConfig) -> bool:
         return False
     from fragility.benchmarks.store import ResultStore
 
-    return ResultStore.for_config(cfg).has(config_hash(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)))
+    return ResultStore.for_config(cfg).has(config_hash(_keyed(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))))
+
+
+def _keyed(resolved: dict) -> dict:
+    """The resolved config as the runner hashes it: with the content of its input files."""
+    from fragility.benchmarks.inputs import with_inputs
+
+    return with_inputs(resolved)
 
 
 def _wrote_since(cfg: DictConfig, rec, start: str) -> bool:
@@ -89,7 +96,7 @@ def _wrote_since(cfg: DictConfig, rec, start: str) -> bool:
     from fragility.benchmarks.runner import escalated_from, variant_hash
     from fragility.benchmarks.store import ResultStore
 
-    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    resolved = _keyed(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     hashes = {variant_hash(resolved, v) for v in ("standard", "adaptive")}
     return any(r.timestamp >= start for r in escalated_from(ResultStore.for_config(cfg), hashes))
 
@@ -102,6 +109,7 @@ def record_failure(cfg: DictConfig, msg: str) -> str:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # the failure may be the config itself (a missing value, a bad interpolation)
         resolved = OmegaConf.to_container(cfg, resolve=False)
+    resolved = _keyed(resolved)  # the key a successful rerun of the job will have
     try:
         choices = dict(HydraConfig.get().runtime.choices)
     except ValueError:

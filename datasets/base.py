@@ -46,7 +46,7 @@ def seeded_subset(total: int, n_samples: int | None, seed: int) -> np.ndarray:
     if n_samples <= 0:
         raise DataError(f"n_samples must be positive, got {n_samples}")
     if n_samples > total:
-        raise DataError(f"n_samples={n_samples} but the dataset has only {total} images")
+        raise DataError(f"n_samples={n_samples} but the dataset has only {total} images: set n_samples={total} (or fewer)")
     return np.random.default_rng(seed).permutation(total)[:n_samples]
 
 
