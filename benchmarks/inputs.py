@@ -27,6 +27,7 @@ unchanged.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,18 @@ def with_inputs(resolved: dict[str, Any]) -> dict[str, Any]:
     """``resolved`` with its ``inputs`` entry (:func:`input_digests`); unchanged when it has none."""
     digests = input_digests(resolved)
     return {**resolved, "inputs": digests} if digests else resolved
+
+
+def data_digest(config_json: str) -> str:
+    """Which data a stored run read: the digest of its ``dataset.*`` inputs (the one digest itself
+    when there is one), "" when its config records none (the digits demo, a store from before)."""
+    try:
+        inputs = json.loads(config_json or "{}").get("inputs") or {}
+    except (json.JSONDecodeError, AttributeError):
+        return ""
+    data = (
+        {k: v for k, v in inputs.items() if isinstance(k, str) and k.startswith("dataset.")} if isinstance(inputs, dict) else {}
+    )
+    if len(data) <= 1:
+        return str(next(iter(data.values()), ""))
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

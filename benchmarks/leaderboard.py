@@ -75,7 +75,7 @@ def leaderboard(records: list[RunRecord]) -> pd.DataFrame:
 
 
 def summary(records: list[RunRecord], samples: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
-    """Worst case per (model, weights, dataset, defense, threat, seed, n) over attacks and
+    """Worst case per (model, weights, dataset, data, defense, threat, seed, n) over attacks and
     variants, counted per sample when ``samples`` (``{config_hash: per-sample frame}``, e.g.
     :func:`fragility.benchmarks.worst_case.samples_for`) holds every record's facts: an image is
     robust only if it survives every attack. Else the lowest aggregate. See

@@ -39,6 +39,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
+from fragility.benchmarks.inputs import data_digest
 from fragility.benchmarks.provenance import NON_SEMANTIC_KEYS
 from fragility.benchmarks.record import RunRecord
 from fragility.budget import format_number
@@ -83,6 +84,7 @@ KNOWN: dict[str, tuple[str, str, str]] = {
     "seconds": ("Attack time", "cost", "sec"),
     "seed": ("Seed", "provenance", "int"),
     "weights_sha256": ("Weights", "provenance", "sha"),
+    "data_sha256": ("Data", "provenance", "sha"),
     "config_hash": ("Run", "provenance", "hash"),
 }
 
@@ -957,6 +959,7 @@ def export_records(records: list[RunRecord]) -> dict[str, dict]:
             "units": "percent",
             "upper_bound": True,
             "weights_sha256": shas,  # the checkpoints' SHA-256 (one, unless runs of the name used different weights)
+            "data_sha256": sorted({data_digest(r.config_json) for r in recs} - {""}),  # the data files' (inputs.py)
             "flags": flags,
             "attacks": [
                 {

@@ -3,10 +3,12 @@
 RobustBench and AutoAttack count an image as robust only if it survives EVERY attack: robust
 accuracy over an ensemble is the share of images that no attack broke, which can be lower than the
 lowest single attack's number (each attack breaks different images). This module computes that
-from the per-sample facts of the store, within groups of records that share the weights, the data,
-the seed and n (so the same images were attacked), per threat model (norm, eps):
+from the per-sample facts of the store, within groups of records that share the weights, the data
+(its name and, where the run recorded it, the digest of its files: ``data_sha256``,
+:func:`fragility.benchmarks.inputs.data_digest`), the seed and n (so the same images were
+attacked), per threat model (norm, eps):
 
-- :func:`worst_case`: one row per (model, weights, dataset, defense, threat, seed, n): per-sample
+- :func:`worst_case`: one row per (model, weights, dataset, data, defense, threat, seed, n): per-sample
   robust accuracy with a Wilson 95% interval (scipy), the attack with the lowest aggregate number,
   the attacks that broke at least one image no other attack broke, and the union of masking flags;
 - :func:`mcnemar`: McNemar's exact test on two robust/not-robust vectors over the same images (the
@@ -27,11 +29,12 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from fragility.benchmarks.checks import parse_flags
+from fragility.benchmarks.inputs import data_digest
 from fragility.benchmarks.page import threat_of
 from fragility.benchmarks.record import RunRecord
 from fragility.stats import wilson_interval
 
-GROUP = ["model", "weights_sha256", "dataset", "defense", "threat", "seed", "n"]
+GROUP = ["model", "weights_sha256", "dataset", "data_sha256", "defense", "threat", "seed", "n"]
 COLUMNS = [
     *GROUP,
     "clean_acc",
@@ -84,7 +87,7 @@ def worst_case(records: list[RunRecord], samples: Mapping[str, pd.DataFrame] | N
     for r in records:
         if r.status != "done":
             continue
-        key = (r.model, r.weights_sha256, r.dataset, r.defense, threat(r), r.seed, r.n)
+        key = (r.model, r.weights_sha256, r.dataset, data_digest(r.config_json), r.defense, threat(r), r.seed, r.n)
         groups.setdefault(key, []).append(r)
     rows = []
     for key, recs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
@@ -135,7 +138,8 @@ def compare(
 ) -> pd.DataFrame:
     """McNemar per threat model between two models (or defenses): ``a`` and ``b`` match a
     record's ``model`` or ``defense`` exactly. Each side is its per-sample worst case over its
-    attacks; only images both sides evaluated (same ``sample_id``, same dataset and seed) count."""
+    attacks; only images both sides evaluated (same ``sample_id``, same dataset, data digest and
+    seed) count."""
 
     def side(name: str) -> list[RunRecord]:
         return [r for r in records if r.status == "done" and (r.model == name or r.defense == name)]
@@ -148,9 +152,10 @@ def compare(
     for t in sorted({threat(r) for r in ra} & {threat(r) for r in rb}):
         if threat_model and t != threat_model:
             continue
-        for (ds, seed), _ in sorted({(r.dataset, r.seed): 0 for r in ra if threat(r) == t}.items()):
-            sa = [r for r in ra if threat(r) == t and r.dataset == ds and r.seed == seed]
-            sb = [r for r in rb if threat(r) == t and r.dataset == ds and r.seed == seed]
+        data = lambda r: (r.dataset, data_digest(r.config_json), r.seed)
+        for ds, digest, seed in sorted({data(r) for r in ra if threat(r) == t}):
+            sa = [r for r in ra if threat(r) == t and data(r) == (ds, digest, seed)]
+            sb = [r for r in rb if threat(r) == t and data(r) == (ds, digest, seed)]
             if not sb:
                 continue
             va, vb = per_sample_worst(sa, samples), per_sample_worst(sb, samples)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -15,9 +16,10 @@ from fragility.benchmarks.worst_case import compare, mcnemar, worst_case
 from fragility.stats import wilson_interval
 
 
-def _rec(h, attack, robust, *, model="m", eps=0.1, seed=0, weights="", variant="standard", flags=""):
+def _rec(h, attack, robust, *, model="m", eps=0.1, seed=0, weights="", variant="standard", flags="", data=None):
     n = len(robust)
     return make_run_record(
+        config_json=json.dumps({"inputs": {"dataset.path": data}} if data else {}),
         config_hash=h,
         model=model,
         attack=attack,
@@ -74,6 +76,20 @@ def test_groups_keep_weights_seeds_and_budgets_apart():
     ]
     out = worst_case(recs, {k: _frame(v) for k, v in zip("abcd", [r, [0, 0, 1, 1], r, r])})
     assert len(out) == 4
+
+
+def test_other_data_under_one_dataset_name_is_not_one_worst_case():
+    """Two npz files both named cifar10 (the test set replaced at the same path): their sample ids
+    are positions in different images, so their outcomes are never intersected, nor paired."""
+    a, b = [1, 1, 0, 0], [0, 0, 1, 1]
+    recs = [_rec("a", "pgd", a, data="d1"), _rec("b", "fgsm", b, data="d2"), _rec("c", "pgd", b, model="m2", data="d1")]
+    frames = {k: _frame(v) for k, v in zip("abc", [a, b, b])}
+    out = worst_case(recs, frames)
+    m = out[out["model"] == "m"]
+    assert len(m) == 2 and sorted(m["data_sha256"]) == ["d1", "d2"]
+    assert sorted(m["worst_robust_acc"]) == [0.5, 0.5]  # intersected, they would give 0.0
+    (row,) = compare(recs, frames, "m", "m2").to_dict("records")  # only the d1 runs pair
+    assert (row["acc_a"], row["acc_b"]) == (0.5, 0.5) and (row["only_a"], row["only_b"]) == (2, 2)
 
 
 def test_missing_samples_fall_back_to_aggregate():
