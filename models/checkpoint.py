@@ -22,11 +22,20 @@ from fragility.errors import CheckpointError
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 
 
+def missing_file(p: Path) -> str:
+    """Why ``p`` is not a checkpoint to read: absent, or there but not a regular file."""
+    if p.is_dir():
+        return f"checkpoint {p} is a folder, not a file"
+    if p.exists():
+        return f"checkpoint {p} is not a regular file (a device, pipe or socket)"
+    return f"checkpoint not found: {p}"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Mapping:
     """Load a checkpoint file as plain data (tensors, dicts, numbers) with ``weights_only=True``."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {p}")
+        raise CheckpointError(missing_file(p))
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; the error says it all
             warnings.simplefilter("ignore", UserWarning)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from fragility.errors import CheckpointError, ConfigError
-from fragility.models.checkpoint import identify, load_weights
+from fragility.models.checkpoint import identify, load_weights, missing_file
 from fragility.models.compile import maybe_compile
 from fragility.models.wrapper import Classifier
 
@@ -49,7 +49,7 @@ def build(
 ) -> Classifier:
     p = Path(path).expanduser()
     if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {p}")
+        raise CheckpointError(missing_file(p))
     if format == "torchscript":
         try:
             net = torch.jit.load(str(p), map_location="cpu")

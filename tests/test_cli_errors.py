@@ -31,6 +31,7 @@ CASES = {
     "unknown-attack": (["attack=nope"], r"unknown attack 'nope' \(valid: .*fgsm.*pgd"),
     "unknown-dataset": (["dataset=nope"], r"unknown dataset 'nope' \(valid: .*digits"),
     "missing-checkpoint": (["model=cifar_resnet", "model.checkpoint={tmp}/missing.th"], "checkpoint not found"),
+    "folder-checkpoint": (["model=cifar_resnet", "model.checkpoint={tmp}"], "is a folder, not a file$"),
     "corrupt-checkpoint": (["model=cifar_resnet", "model.checkpoint={tmp}/corrupt.th"], "corrupt"),
     "mismatched-checkpoint": (
         ["model=cifar_resnet", "model.checkpoint={tmp}/resnet32.th"],
