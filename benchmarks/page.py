@@ -231,10 +231,13 @@ def attack_params(r: RunRecord) -> dict[str, str]:
 def is_complete(r: RunRecord) -> bool:
     """Whether the run's answer is complete for its threat model, its robust accuracy exact rather
     than an upper bound: a ``sparse_rs`` run with ``exhaustive=true`` (``mode=pixels``, ``k=1``),
-    which tried every position x every corner colour. Read from the stored params (its
-    ``extra_json`` ``"exhaustive"`` when the params lack the key)."""
+    which tried every position x every corner colour, of a model whose output is not random (no
+    ``random_output`` or ``random`` flag). Read from the stored params (its ``extra_json``
+    ``"exhaustive"`` when the params lack the key)."""
     if r.attack != "sparse_rs":
         return False
+    if any(name in ("random", "random_output") for name in (f.split()[0] for f in (r.flags or "").split("; ") if f)):
+        return False  # a random model: each candidate was asked of one draw, so no walk is complete
     params = attack_params(r)
     if "exhaustive" in params:
         return params["exhaustive"].lower() == "true"

@@ -56,7 +56,7 @@ from fragility.benchmarks.partial import PARTIAL, PartialRun, attack_state, mode
 from fragility.benchmarks.provenance import config_hash, now, versions
 from fragility.benchmarks.record import RunRecord
 from fragility.benchmarks.store import ResultStore
-from fragility.benchmarks.validate import validate_clean
+from fragility.benchmarks.validate import MEANING, validate_clean
 from fragility.benchmarks.wandb_logger import NullLogger
 from fragility.benchmarks.worst_case import samples_for
 from fragility.datasets import ImageSet, align_labels, source_label
@@ -304,7 +304,8 @@ class Trial:
             clean_pred, clean_conf = predict(model, data, batch_size, device)
             output_flags = validate_clean(model, data, clean_conf, device)
             if output_flags:
-                print(f"[fragility] {model.name}: flags: {'; '.join(output_flags)} (its output does not depend on the input)")
+                why = "; ".join(MEANING.get(f.split()[0], "") for f in output_flags)
+                print(f"[fragility] {model.name}: flags: {'; '.join(output_flags)} ({why})")
             certified = _certify(model, data, batch_size, device, progress) if defense is not None else {}
         return cls(
             cfg,

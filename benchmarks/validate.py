@@ -4,7 +4,10 @@ A model whose logits are NaN or infinite, or that has fewer (or more) outputs th
 declares, would give plausible but meaningless rows ("clean 4.0%, success 0.0%"): those stop the
 run with one line (:class:`~fragility.errors.InputError`). A model whose output does not depend on
 its input is scored, but flagged (``constant_output``): no attack can move it, so its robustness
-number says nothing about the attacks. Samples whose logits turn non-finite under attack are
+number says nothing about the attacks. A model whose output differs between two passes of the same
+images (a randomized defense, noise or dropout inside the network) is flagged ``random_output``: a
+success is then decided on one draw, and a search that tried every candidate (the exhaustive
+one-pixel check) is not a complete answer. Samples whose logits turn non-finite under attack are
 counted as failed attacks with a per-sample flag by :class:`~fragility.attacks.base.Attack`.
 """
 
@@ -23,8 +26,8 @@ def validate_clean(model, data, clean_conf: torch.Tensor, device: torch.device) 
 
     ``clean_conf`` (softmax confidence of every image, from the clean predict) must be finite:
     NaN or +Inf anywhere in a row of logits makes it NaN. The raw logits of the first
-    :data:`PROBE_N` images are checked for shape and finiteness (-Inf as well), and for
-    depending on the input."""
+    :data:`PROBE_N` images are checked for shape and finiteness (-Inf as well), for depending on
+    the input, and, with a second pass, for giving the same logits twice."""
     name = getattr(model, "name", type(model).__name__)
     bad = (~torch.isfinite(clean_conf)).nonzero().flatten()
     if len(bad):
@@ -54,4 +57,20 @@ def validate_clean(model, data, clean_conf: torch.Tensor, device: torch.device) 
     varied = not torch.equal(x, x[:1].expand_as(x))
     if n > 1 and varied and torch.equal(logits, logits[:1].expand_as(logits)):
         flags.append(f"constant_output {n}/{n}")
+    model.eval()
+    try:
+        again = model(x)
+    finally:
+        model.train(was_training)
+    # the masking check's tolerance (checks.output_flags): float noise of a GPU kernel is not randomness
+    differ = ~torch.isclose(logits.float(), again.float(), rtol=1e-4, atol=1e-5).all(1)
+    if differ.any():
+        flags.append(f"random_output {int(differ.sum())}/{n}")
     return flags
+
+
+#: what each clean-pass flag means, for the line the runner prints
+MEANING = {
+    "constant_output": "its output does not depend on the input",
+    "random_output": "two passes of the same images differ: one pass decides each success, and no answer is complete",
+}

@@ -13,6 +13,7 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
+from fragility.benchmarks.page import is_complete
 from fragility.benchmarks.runner import run
 from fragility.benchmarks.store import ResultStore
 from fragility.defenses import JPEG, BitDepth, Checkpoint, DefendedClassifier, GaussianNoise, Median, Smoothing, set_adaptive
@@ -272,6 +273,18 @@ def test_score_only_attack_runs_one_variant(cfg_factory, defense):
     run(cfg_factory("n_samples=20", "attack=fgsm", "attack.eps=0.2", f"defense={defense}", "escalate=false"))
     fgsm = [r.variant for r in ResultStore(cfg.results_dir).records() if r.attack == "fgsm"]
     assert sorted(fgsm) == ["adaptive", "standard"]
+
+
+def test_a_random_model_is_flagged_and_its_exhaustive_check_is_not_complete(cfg_factory):
+    """Gaussian noise in front of the model: two passes of the same images differ. The clean pass
+    flags it, and the exhaustive one-pixel check, which asked each candidate of one draw, is not
+    marked complete; behind a deterministic defense (JPEG) it is."""
+    exhaustive = ["n_samples=16", "attack=sparse_rs", "attack.k=1", "attack.exhaustive=true"]
+    rec = run(cfg_factory(*exhaustive, "defense=gaussian_noise"))
+    assert "random_output 64/64" not in rec.flags  # 16 images: the probe is all of them
+    assert "random_output 16/16" in rec.flags and not is_complete(rec)
+    plain = run(cfg_factory(*exhaustive, "defense=jpeg"))
+    assert "random_output" not in plain.flags and is_complete(plain)
 
 
 def test_runner_smoothing_reports_certified_accuracy(cfg_factory):

@@ -86,6 +86,10 @@ def test_is_complete_only_for_the_exhaustive_check(stored):
     assert not page.is_complete(record(8, SparseRS(k=1), robust=0.3, params="mode=pixels k=1", extra_json="{bad"))
     # another attack that happened to say exhaustive=True is not the check
     assert not page.is_complete(record(9, OnePixel(), robust=0.3, params="exhaustive=True"))
+    # nor is the check of a random model: each candidate was asked of one draw
+    noisy = SparseRS(mode="pixels", k=1, exhaustive=True)
+    assert not page.is_complete(record(10, noisy, robust=0.3, defense="gaussian_noise", flags="random_output 64/64"))
+    assert page.is_complete(record(11, noisy, robust=0.3, flags="constant_output 64/64"))
 
 
 def test_csv_md_and_terminal_mark_the_exhaustive_row(stored, tmp_path):
