@@ -18,6 +18,7 @@ import torch
 from fragility.errors import InputError
 
 PROBE_N = 64  # images of the first batch whose raw logits are inspected (shape, finiteness, constancy)
+REPEAT_N = 8  # of those, the images passed a second time to see whether the output is random
 
 
 @torch.inference_mode()
@@ -57,15 +58,16 @@ def validate_clean(model, data, clean_conf: torch.Tensor, device: torch.device) 
     varied = not torch.equal(x, x[:1].expand_as(x))
     if n > 1 and varied and torch.equal(logits, logits[:1].expand_as(logits)):
         flags.append(f"constant_output {n}/{n}")
+    k = min(REPEAT_N, n)  # randomness shows on any image: a few keep the second pass cheap (VGG on a CPU)
     model.eval()
     try:
-        again = model(x)
+        again = model(x[:k])
     finally:
         model.train(was_training)
     # the masking check's tolerance (checks.output_flags): float noise of a GPU kernel is not randomness
-    differ = ~torch.isclose(logits.float(), again.float(), rtol=1e-4, atol=1e-5).all(1)
+    differ = ~torch.isclose(logits[:k].float(), again.float(), rtol=1e-4, atol=1e-5).all(1)
     if differ.any():
-        flags.append(f"random_output {int(differ.sum())}/{n}")
+        flags.append(f"random_output {int(differ.sum())}/{k}")
     return flags
 
 
