@@ -399,6 +399,8 @@ def test_hostile_names_are_escaped_in_every_html_file(env):
         replace(base, config_hash="h2", model="<svg onload=alert(3)>", dataset="<svg onload=alert(6)>-test"),
         replace(base, config_hash="h3", defense="<script>alert(7)</script>(q=1)", variant="adaptive"),
         replace(base, config_hash="h4", params="eps=0.3 target=<script>alert(5)</script>"),
+        # a store from someone else whose recorded input digest is markup (the summary's data_sha256)
+        replace(base, config_hash="h5", config_json=json.dumps({"inputs": {"dataset.path": "<script>alert(8)</script>"}})),
     ]
     for r in hostile:
         store.write(r)
@@ -434,6 +436,7 @@ def test_hostile_names_are_escaped_in_every_html_file(env):
         text = page.read_text(errors="replace").lower()
         for raw in ("<script>alert", "<svg onload"):  # the page may have its own <script>; none from a name
             assert raw not in text, (page, raw)
+    assert "&lt;script&gt;alert(8)" in (results / "leaderboard.html").read_text()  # shown, escaped
 
 
 def test_wandb_fails_fast_and_warns_on_stderr(monkeypatch, capsys):
