@@ -80,6 +80,37 @@ def partial_key(config_hash: str, attacked: torch.Tensor, batch_size: int, weigh
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
+def rng_state(model) -> dict[str, Any]:
+    """The random state that a batch's draws depend on beyond the attack's per-image streams:
+    torch's global generators (dropout, a model's own noise, the fooling attack's jitter) and the
+    own stream of every defense in ``model`` (``DefendedClassifier``; an empty tensor where a
+    defense has not drawn yet)."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if cuda else [],
+        "defenses": [s if (s := m.rng_state()) is not None else torch.empty(0, dtype=torch.uint8) for m in _defended(model)],
+    }
+
+
+def set_rng_state(model, state: dict[str, Any] | None, device: torch.device) -> None:
+    """Put back what :func:`rng_state` saved (nothing for a file without it)."""
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for m, s in zip(_defended(model), state["defenses"], strict=False):
+        if s.numel():
+            m.set_rng_state(s, device)
+
+
+def _defended(model) -> list:
+    from fragility.defenses.base import DefendedClassifier
+
+    return [m for m in model.modules() if isinstance(m, DefendedClassifier)]
+
+
 class PartialRun:
     """The finished batches of one run at ``path``, valid for ``key`` only."""
 
@@ -93,7 +124,7 @@ class PartialRun:
         return time.perf_counter() - self._last >= SAVE_EVERY_S
 
     def load(self) -> dict[str, Any] | None:
-        """``{"done", "parts", "norms", "examples", "seconds"}`` of the earlier attempt, or None."""
+        """``{"done", "parts", "norms", "examples", "seconds", "rng"}`` of the earlier attempt, or None."""
         if not self.path.is_file():
             return None
         try:
@@ -104,16 +135,26 @@ class PartialRun:
             parts = [AttackResult(**p) for p in state["parts"]]
             norms = {k: v.numpy().copy() for k, v in state["norms"].items()}
             done, seconds = int(state["done"]), float(state["seconds"])
-            examples = dict(state["examples"])
+            examples, rng = dict(state["examples"]), state.get("rng")
         except Exception as e:  # a stale, foreign or damaged file costs the restart only
             log.warning("starting from the first batch: %s is not used (%s)", self.path, str(e).splitlines()[0][:200])
             self.remove()
             return None
-        return {"done": done, "parts": parts, "norms": norms, "examples": examples, "seconds": seconds}
+        return {"done": done, "parts": parts, "norms": norms, "examples": examples, "seconds": seconds, "rng": rng}
 
-    def save(self, done: int, parts: list[AttackResult], norms: dict[str, np.ndarray], examples: dict, seconds: float) -> None:
-        """Replace the file with the first ``done`` attacked images' results (atomically)."""
+    def save(
+        self,
+        done: int,
+        parts: list[AttackResult],
+        norms: dict[str, np.ndarray],
+        examples: dict,
+        seconds: float,
+        rng: dict | None = None,
+    ) -> None:
+        """Replace the file with the first ``done`` attacked images' results and the random state
+        after them (:func:`rng_state`), atomically."""
         state = {
+            "rng": rng,
             "key": self.key,
             "done": done,
             "parts": [{f.name: getattr(p, f.name) for f in fields(p)} for p in parts],

@@ -52,7 +52,7 @@ from fragility.benchmarks.figures import run_figures
 from fragility.benchmarks.inputs import with_inputs
 from fragility.benchmarks.leaderboard import board_row, defense_leaderboard, log_wandb_table, write_leaderboards
 from fragility.benchmarks.metrics import METRIC_FIELDS, compute_metrics, perturbation_norms
-from fragility.benchmarks.partial import PARTIAL, PartialRun, attack_state, model_digest, partial_key
+from fragility.benchmarks.partial import PARTIAL, PartialRun, attack_state, model_digest, partial_key, rng_state, set_rng_state
 from fragility.benchmarks.provenance import config_hash, now, versions
 from fragility.benchmarks.record import RunRecord
 from fragility.benchmarks.store import ResultStore
@@ -436,6 +436,7 @@ class Trial:
             partial.remove()  # force: every batch again
         elif (state := partial.load()) is not None:
             first, parts, norms, examples, before = (state[k] for k in ("done", "parts", "norms", "examples", "seconds"))
+            set_rng_state(self.model, state["rng"], self.device)  # a randomized defense draws on as before
             print(f"[fragility] {desc}: resuming after {first}/{len(attacked)} images attacked before ({partial.path})")
         t0 = time.perf_counter()
         bar = tqdm(total=len(attacked), initial=first, desc=desc, unit="img", disable=not self.progress, leave=False)
@@ -453,7 +454,7 @@ class Trial:
             parts.append(res)
             bar.update(len(idx))
             if start + len(idx) < len(attacked) and partial.due():
-                partial.save(start + len(idx), parts, norms, examples, before + time.perf_counter() - t0)
+                partial.save(start + len(idx), parts, norms, examples, before + time.perf_counter() - t0, rng_state(self.model))
         bar.close()
         seconds = before + time.perf_counter() - t0
         result = AttackResult.concat(parts) if parts else None

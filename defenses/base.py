@@ -143,6 +143,14 @@ class DefendedClassifier(nn.Module):
             self._gen = torch.Generator(device=device).manual_seed(self.defense.seed)
         return self._gen
 
+    def rng_state(self) -> torch.Tensor | None:
+        """The state of the defense's own stream, None before its first draw (a resumed run puts
+        it back, so that its later batches see the draws an uninterrupted run's did)."""
+        return None if self._gen is None else self._gen.get_state()
+
+    def set_rng_state(self, state: torch.Tensor, device: torch.device) -> None:
+        self.generator(device).set_state(state)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         d = self.defense
         g = self.generator(images.device) if d.randomized else None
