@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fragility.defenses.base import DefendedClassifier, Defense
 from fragility.errors import ConfigError
-from fragility.models.checkpoint import load_weights
+from fragility.models.checkpoint import identify, load_weights
 
 
 class Checkpoint(Defense):
@@ -43,4 +43,7 @@ class Checkpoint(Defense):
             )
         clone = copy.deepcopy(model)
         load_weights(clone.net, self.path, normalization=(clone.mean, clone.std))
+        # the network now holds this file's weights: records and the per-sample worst case must say
+        # so (the base model's hash would merge two checkpoints trained into one folder)
+        identify(clone, self.path, rename=False)
         return DefendedClassifier(clone.eval(), self)

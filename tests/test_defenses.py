@@ -13,11 +13,13 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
+from fragility.benchmarks.leaderboard import summary
 from fragility.benchmarks.page import is_complete
 from fragility.benchmarks.runner import run
 from fragility.benchmarks.store import ResultStore
 from fragility.defenses import JPEG, BitDepth, Checkpoint, DefendedClassifier, GaussianNoise, Median, Smoothing, set_adaptive
 from fragility.errors import ConfigError
+from fragility.models.checkpoint import file_sha256
 from fragility.models.wrapper import Classifier
 
 ALL = [JPEG(quality=75), BitDepth(bits=4), Median(kernel=3), GaussianNoise(sigma=0.1), Smoothing(sigma=0.25, n0=20, n=50)]
@@ -314,6 +316,15 @@ def test_runner_checkpoint_defense(cfg_factory, tmp_path, digits_model):
     torch.save(digits_model.net.state_dict(), path)
     rec = run(cfg_factory("n_samples=30", "defense=checkpoint", f"defense.path={path}", "defense.label=same"))
     assert rec.defense == "checkpoint(same)" and rec.variant == "standard"
+    assert rec.weights_sha256 == file_sha256(path)  # the defense's weights, not the base model's cache file
+    retrained = {
+        k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in digits_model.net.state_dict().items()
+    }
+    torch.save(retrained, path)  # trained again into the same file: a second network under the same label
+    again = run(cfg_factory("n_samples=30", "defense=checkpoint", f"defense.path={path}", "defense.label=same"))
+    assert again.config_hash != rec.config_hash and again.weights_sha256 == file_sha256(path) != rec.weights_sha256
+    store = ResultStore(cfg_factory().results_dir)
+    assert len(summary(store.records())) == 2  # two networks: never one per-sample worst case
     bad = tmp_path / "bad.pt"
     torch.save({"conv1.weight": torch.zeros(1)}, bad)
     from fragility.errors import CheckpointError
