@@ -39,6 +39,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
+from fragility.benchmarks.checks import parse_flags
 from fragility.benchmarks.inputs import data_digest
 from fragility.benchmarks.provenance import NON_SEMANTIC_KEYS
 from fragility.benchmarks.record import RunRecord
@@ -236,7 +237,7 @@ def is_complete(r: RunRecord) -> bool:
     ``"exhaustive"`` when the params lack the key)."""
     if r.attack != "sparse_rs":
         return False
-    if any(name in ("random", "random_output") for name in (f.split()[0] for f in (r.flags or "").split("; ") if f)):
+    if {"random", "random_output"} & set(parse_flags(r.flags)):
         return False  # a random model: each candidate was asked of one draw, so no walk is complete
     params = attack_params(r)
     if "exhaustive" in params:
