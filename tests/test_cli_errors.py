@@ -33,6 +33,7 @@ CASES = {
     "missing-checkpoint": (["model=cifar_resnet", "model.checkpoint={tmp}/missing.th"], "checkpoint not found"),
     "folder-checkpoint": (["model=cifar_resnet", "model.checkpoint={tmp}"], "is a folder, not a file$"),
     "corrupt-checkpoint": (["model=cifar_resnet", "model.checkpoint={tmp}/corrupt.th"], "corrupt"),
+    "four-byte-checkpoint": (["model=cifar_resnet", "model.checkpoint={tmp}/junk.th"], "corrupt or unreadable checkpoint"),
     "mismatched-checkpoint": (
         ["model=cifar_resnet", "model.checkpoint={tmp}/resnet32.th"],
         "does not match.*; the file loads with model.depth=32$",
@@ -61,6 +62,7 @@ def outcomes(tmp_path_factory):
 
     run(compose([f"results_dir={results}", "logger=none", "progress=false", "n_samples=30"]))
     (tmp / "corrupt.th").write_bytes(b"PK\x03\x04 definitely not a checkpoint" * 10)
+    (tmp / "junk.th").write_bytes(b"junk")  # torch's legacy reader fails with struct.error
     torch.save({"state_dict": {f"module.{k}": v for k, v in CifarResNet(32).state_dict().items()}}, tmp / "resnet32.th")
     (tmp / "evil.th").write_bytes(pickle.dumps({"state_dict": _Evil()}))
     np.savez(tmp / "rgb32.npz", x=np.zeros((20, 32, 32, 3), np.uint8), y=np.zeros(20, np.int64))
