@@ -141,7 +141,7 @@ def variant_hash(resolved: dict, variant: str) -> str:
     return config_hash(resolved) if variant == "standard" else config_hash({**resolved, "variant": variant})
 
 
-def _needs_gradients(resolved: dict) -> bool:
+def attack_needs_gradients(resolved: dict) -> bool:
     """Whether the configured attack asks the model for gradients (its class's ``needs_gradients``;
     True where that cannot be told). BPDA and EOT change only the backward pass, so a score-only
     attack (Square, Sparse-RS, one-pixel) sees the same model in both variants: its adaptive
@@ -220,7 +220,7 @@ def run(cfg: DictConfig) -> RunRecord:
     resolved = with_inputs(check_config(cfg))
     allowed = list(cfg.get("allowed_targets") or [])
     defense = build_defense(cfg, allowed)
-    adaptive = defense is not None and defense.needs_adaptive and _needs_gradients(resolved)
+    adaptive = defense is not None and defense.needs_adaptive and attack_needs_gradients(resolved)
     variants = ["standard"] + (["adaptive"] if adaptive else [])
     hashes = {v: variant_hash(resolved, v) for v in variants}
     store = ResultStore.for_config(cfg)

@@ -114,8 +114,11 @@ def record_failure(cfg: DictConfig, msg: str) -> str:
         choices = dict(HydraConfig.get().runtime.choices)
     except ValueError:
         choices = {}
+    from fragility.benchmarks.runner import attack_needs_gradients
+
     defense = str(choices.get("defense") or "none")
-    variants = ["standard"] + (["adaptive"] if defense != "none" else [])
+    # the variants the runner would write: a score-only attack has no adaptive one to fail
+    variants = ["standard"] + (["adaptive"] if defense != "none" and attack_needs_gradients(resolved) else [])
     fields = {k: str(choices[k]) for k in ("model", "dataset", "attack") if choices.get(k)}
     try:
         store = ResultStore.for_config(cfg)

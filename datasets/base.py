@@ -51,11 +51,16 @@ def seeded_subset(total: int, n_samples: int | None, seed: int) -> np.ndarray:
 
 
 def check_labels(y, n_images: int, where: str) -> np.ndarray:
-    """Labels as int64: a non-empty 1-D integer array with one label per image, else a one-line
-    DataError naming ``where`` (float labels are never truncated, NaN never cast)."""
+    """Labels as int64: a non-empty 1-D integer array (or an (N, 1) column) with one label per image,
+    else a one-line DataError naming ``where`` (float labels are taken only when they are whole
+    numbers: never truncated, NaN never cast)."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[0] == n_images and y.shape[1] > 1:
         raise DataError(f"{where}: labels must be 1-D class indices, got shape {y.shape} (one-hot? store y.argmax(1))")
+    if y.ndim == 2 and y.shape[1] == 1:  # a column, one label per row (Keras' cifar10.load_data gives (N, 1))
+        y = y[:, 0]
+    if y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
+        y = y.astype(np.int64)  # whole numbers stored as floats (3.0) convert exactly; 3.5 or NaN does not
     if y.dtype.kind not in "iu":
         raise DataError(f"{where}: labels must be integers, got dtype {y.dtype}")
     if y.ndim != 1:

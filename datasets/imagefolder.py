@@ -34,6 +34,12 @@ class ImageFolder:
         from torchvision.datasets import ImageFolder as TVImageFolder
         from torchvision.transforms import v2
 
+        if self.root.is_file() and self.root.suffix.lower() == ".npz":
+            raise DataError(
+                f"dataset.root {self.root} is an .npz file, not a folder (arrays x and y: dataset=npz dataset.path={self.root})"
+            )
+        if self.root.exists() and not self.root.is_dir():
+            raise DataError(f"dataset.root {self.root} is a file, not a folder of class folders")
         if not self.root.is_dir():
             raise DataError(f"image folder not found: {self.root}")
         c, h, w = input_size if input_size else (3, 224, 224)

@@ -69,6 +69,11 @@ class Npz:
         )
 
     def load(self, n_samples: int | None, seed: int, input_size: Sequence[int] | None = None) -> ImageSet:
+        if self.path.is_dir():
+            raise DataError(
+                f"dataset.path {self.path} is a folder, not an .npz file (images in class folders: "
+                f"dataset=imagefolder dataset.root={self.path})"
+            )
         if not self.path.is_file():
             raise DataError(f"dataset file not found: {self.path}")
         with open_npz(self.path) as f:

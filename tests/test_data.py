@@ -47,6 +47,10 @@ def test_npz_errors(tmp_path, npz):
     np.savez(tmp_path / "obj.npz", x=np.array([object()] * 3, dtype=object), y=np.zeros(3))
     with pytest.raises(DataError, match="cannot read"):
         Npz(str(tmp_path / "obj.npz")).load(2, 0)
+    with pytest.raises(DataError, match=r"is a folder, not an .npz file .*dataset=imagefolder dataset.root="):
+        Npz(str(tmp_path)).load(5, 0)
+    with pytest.raises(DataError, match=r"is an .npz file, not a folder .*dataset=npz dataset.path="):
+        ImageFolder(str(path)).load(5, 0)
     np.savez(tmp_path / "nokeys.npz", a=np.zeros(3))
     with pytest.raises(DataError, match="needs arrays"):
         Npz(str(tmp_path / "nokeys.npz")).load(2, 0)
@@ -66,6 +70,21 @@ def test_npz_in_the_other_layout_or_with_one_hot_labels_says_what_to_change(tmp_
     np.savez(tmp_path / "onehot.npz", x=x, y=np.eye(4)[y])
     with pytest.raises(DataError, match=r"1-D class indices, got shape \(12, 4\) \(one-hot\? store y.argmax\(1\)\)"):
         Npz(str(tmp_path / "onehot.npz")).load(None, 0)
+
+
+def test_npz_labels_as_a_column_or_whole_floats_load_as_indices(tmp_path, npz):
+    """Keras' cifar10.load_data gives labels of shape (N, 1); MATLAB exports give 3.0. Both are
+    unambiguous and load as the same indices; 3.5 and NaN are still refused."""
+    path, x, y = npz
+    want = Npz(str(path)).load(20, seed=0)
+    for name, labels in (("column", y[:, None].astype(np.uint8)), ("floats", y.astype(np.float32))):
+        np.savez(tmp_path / f"{name}.npz", x=x, y=labels)
+        got = Npz(str(tmp_path / f"{name}.npz")).load(20, seed=0)
+        assert got.y.dtype == torch.int64 and torch.equal(got.y, want.y) and torch.equal(got.ids, want.ids)
+    for name, labels in (("halves", y + 0.5), ("nan", np.where(y > 2, np.nan, y))):
+        np.savez(tmp_path / f"{name}.npz", x=x, y=labels)
+        with pytest.raises(DataError, match="labels must be integers"):
+            Npz(str(tmp_path / f"{name}.npz")).load(20, seed=0)
 
 
 def test_digits_split_disjoint_and_sized():

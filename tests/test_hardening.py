@@ -151,7 +151,7 @@ def env(tmp_path_factory):
         "complex_pixels": _npz(t / "complex_pixels.npz", x + 1j * x, y),
         "string_pixels": _npz(t / "string_pixels.npz", x.astype(str), y),
         "int64_pixels": _npz(t / "int64_pixels.npz", (x * 255).astype(np.int64), y),
-        "column_labels": _npz(t / "column_labels.npz", x, y[:, None]),
+        "nested_labels": _npz(t / "nested_labels.npz", x, y[:, None, None]),
         "nan_labels": _npz(t / "nan_labels.npz", x, np.where(y > 5, np.nan, y)),
         "empty": _npz(t / "empty.npz", x[:0], y[:0]),
         "label_outside": _npz(t / "label_outside.npz", x, np.where(y > 5, 10, y)),
@@ -231,7 +231,7 @@ def _cases(e) -> dict[str, tuple[list[str], str]]:
         "complex-pixels": (_args(r, *npz("complex_pixels")), r"complex_pixels.npz: images must be uint8 or float"),
         "string-pixels": (_args(r, *npz("string_pixels")), r"string_pixels.npz: images must be uint8 or float"),
         "int64-pixels": (_args(r, *npz("int64_pixels")), r"int64_pixels.npz: images must be uint8 or float"),
-        "column-labels": (_args(r, *npz("column_labels")), r"column_labels.npz: labels must be 1-D"),
+        "nested-labels": (_args(r, *npz("nested_labels")), r"nested_labels.npz: labels must be 1-D"),
         "nan-labels": (_args(r, *npz("nan_labels")), r"nan_labels.npz: labels must be integers"),
         "empty-arrays": (_args(r, *npz("empty")), r"empty.npz: .*no images"),
         "label-outside-classes": (_args(r, *npz("label_outside")), r"label 10 is outside the 10 classes"),
@@ -257,7 +257,7 @@ def _cases(e) -> dict[str, tuple[list[str], str]]:
 def _placeholder() -> dict:
     """Stand-in paths, only to list the case names at collection time."""
     names = ["nan_pixels", "neg_labels", "float_labels", "complex_pixels", "string_pixels", "int64_pixels"]
-    names += ["column_labels", "nan_labels", "empty", "label_outside", "mismatch"]
+    names += ["nested_labels", "nan_labels", "empty", "label_outside", "mismatch"]
     p = Path("unused")
     return {"results": p, "t": p, "files": dict.fromkeys(names, "x"), "garbage": p, "truncated": p, "dirstore": p}
 

@@ -217,6 +217,25 @@ def test_a_job_that_only_finished_an_escalation_counts_as_done(tmp_path, cfg_fac
     assert run_sweep_job(cfg, lambda c: flagged) == "skipped"  # an older escalation is not this job's
 
 
+@pytest.mark.parametrize(("attack", "adaptive_failed"), [("square", False), ("fgsm", True)])
+def test_a_failure_after_the_standard_row_names_only_a_variant_the_runner_writes(
+    cfg_factory, monkeypatch, attack, adaptive_failed
+):
+    """Behind a BPDA defense the runner writes an adaptive row only for attacks that use gradients.
+    A job failing after its standard row records the adaptive variant as failed for FGSM; for
+    Square, which has none, nothing more is written (no phantom failed row on the leaderboard)."""
+    cfg = cfg_factory(f"attack={attack}", "defense=jpeg")
+    hc = SimpleNamespace(runtime=SimpleNamespace(choices={"defense": "jpeg", "attack": attack}))
+    monkeypatch.setattr(sweep_module.HydraConfig, "get", staticmethod(lambda: hc))
+    resolved = sweep_module._keyed(OmegaConf.to_container(cfg, resolve=True))
+    store = ResultStore.for_config(cfg)
+    store.write(make_run_record(config_hash=config_hash(resolved)))
+    note = sweep_module.record_failure(cfg, "RuntimeError: out of memory")
+    failed = [r for r in rows(cfg.results_dir).values() if r[0] == "failed"]
+    assert (len(failed) == 1) is adaptive_failed
+    assert (note == "") is adaptive_failed
+
+
 def test_progress_line_counts_and_estimates(tmp_path):
     (tmp_path / "sweep_progress.jsonl").write_text(
         '{"event": "start", "total": 10, "time": 100.0}\n'
