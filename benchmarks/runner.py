@@ -296,6 +296,11 @@ class Trial:
         torch.manual_seed(seed)
         np.random.seed(seed % (2**32))
         model = build_model(cfg, device, defense)
+        if getattr(model, "untrained", ""):
+            print(
+                f"[fragility] warning: {model.name} has random weights ({model.untrained}): its numbers describe an "
+                "untrained network"
+            )
         source = safe_instantiate(cfg.dataset, allowed)
         data = load_matching(source, n_samples, seed, model, "dataset")
         attack = safe_instantiate(cfg.attack, allowed)

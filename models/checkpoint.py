@@ -192,3 +192,13 @@ def identify(model: nn.Module, path: str | Path | None, *, rename: bool = True) 
         if rename and "@" not in model.name:
             model.name = f"{model.name}@{model.weights_sha256[:8]}"
     return model
+
+
+def untrained(model: nn.Module, why: str) -> nn.Module:
+    """Mark ``model`` as holding random weights (``why``: which setting would have given it
+    weights). Its display name gets ``@untrained`` so that its rows never sit under the name of
+    the trained network in a leaderboard, and the runner warns. Returns ``model``."""
+    model.untrained = why
+    if "@" not in model.name:
+        model.name = f"{model.name}@untrained"
+    return model

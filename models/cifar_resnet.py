@@ -12,7 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from fragility.errors import CheckpointError, ConfigError
-from fragility.models.checkpoint import extract_state_dict, identify, load_checkpoint, load_weights, split_wrapper
+from fragility.models.checkpoint import (
+    extract_state_dict,
+    identify,
+    load_checkpoint,
+    load_weights,
+    split_wrapper,
+    untrained,
+)
 from fragility.models.compile import maybe_compile
 from fragility.models.wrapper import Classifier
 
@@ -102,6 +109,8 @@ def build(
             raise CheckpointError(f"{e}; the file loads with {hint}") from None
     names = list(class_names) if class_names else (CIFAR10_CLASSES if num_classes == 10 else [str(i) for i in range(num_classes)])
     model = Classifier(net, mean=mean, std=std, input_size=(3, 32, 32), class_names=names, name=f"cifar_resnet{depth}")
+    if not checkpoint:
+        untrained(model, "no model.checkpoint")
     return maybe_compile(identify(model, checkpoint), compile, channels_last)
 
 

@@ -1,16 +1,20 @@
 """VGG-16/19 and Inception-v3 from torchvision, as [0, 1] classifiers with ImageNet normalization.
 
 ``pretrained=True`` uses torchvision's weights API (downloads once into torch's cache: users have
-internet); ``checkpoint=PATH`` loads a local state dict with ``weights_only=True``; neither gives
-random weights (what the tests use).
+internet) and is named by them (``vgg16@IMAGENET1K_V1``); ``checkpoint=PATH`` loads a local state
+dict with ``weights_only=True``; neither gives random weights, named ``vgg16@untrained`` (what the
+tests use).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 import torchvision
 
 from fragility.errors import ConfigError
-from fragility.models.checkpoint import identify, load_weights
+from fragility.models.checkpoint import identify, load_weights, untrained
 from fragility.models.compile import maybe_compile
 from fragility.models.imagenet_classes import imagenet_classes
 from fragility.models.wrapper import Classifier
@@ -49,6 +53,7 @@ def build(
         net = fn(weights=weights, **kwargs)
         if arch == "inception_v3":
             net.aux_logits, net.AuxLogits = False, None
+        checkpoint = _cached_weights(weights)
     else:
         net = fn(weights=None, num_classes=int(num_classes), **kwargs)
         if checkpoint:
@@ -60,4 +65,17 @@ def build(
     else:
         names = [str(i) for i in range(int(num_classes))]
     model = Classifier(net, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=(3, side, side), class_names=names, name=arch)
-    return maybe_compile(identify(model, checkpoint), compile, channels_last)
+    if pretrained:
+        model.name = f"{arch}@{weights.name}"  # vgg16@IMAGENET1K_V1: which of torchvision's weights
+        identify(model, checkpoint, rename=False)  # the downloaded file's SHA-256 in the record
+    elif checkpoint:
+        identify(model, checkpoint)
+    else:
+        untrained(model, "neither model.pretrained=true nor model.checkpoint")
+    return maybe_compile(model, compile, channels_last)
+
+
+def _cached_weights(weights) -> str | None:
+    """The file torchvision downloaded ``weights`` into (torch hub's cache), when it is there."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    return str(path) if path.is_file() else None

@@ -50,6 +50,9 @@ class Classifier(nn.Module):
         #: SHA-256 of the checkpoint file the weights came from ("" for weights not from a file);
         #: set by :func:`fragility.models.checkpoint.identify` where checkpoints load
         self.weights_sha256 = ""
+        #: why the weights are random ("" when they were loaded or trained); set by
+        #: :func:`fragility.models.checkpoint.untrained`, and the runner warns about it
+        self.untrained = ""
         self.eval()
 
     @property

@@ -88,7 +88,7 @@ def test_builders_take_the_option(monkeypatch):
     monkeypatch.setattr(torch, "compile", FakeCompile())
     assert not is_compiled(build(depth=8))
     model = build(depth=8, compile=True)
-    assert is_compiled(model) and model.name == "cifar_resnet8"
+    assert is_compiled(model) and model.name == "cifar_resnet8@untrained"
     model(torch.rand(2, 3, 32, 32))  # channels_last input through the wrapper
 
 

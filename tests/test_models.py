@@ -147,6 +147,29 @@ def test_torchvision_models_random_init(arch, side):
         assert m(torch.rand(1, 3, side, side)).shape == (1, 1000)
 
 
+def test_random_weights_are_named_untrained_and_pretrained_ones_by_their_weights(tmp_path, monkeypatch):
+    """A model built without weights never shares the trained network's leaderboard name: it is
+    ``@untrained`` with the setting that would give it weights; torchvision's pretrained weights
+    name the row by which weights they are, and the downloaded file's SHA-256 is recorded."""
+    r = cifar_resnet.build(depth=8)
+    assert r.name == "cifar_resnet8@untrained" and r.untrained == "no model.checkpoint"
+    v = torchvision_models.build(arch="vgg16", num_classes=3)
+    assert v.name == "vgg16@untrained" and "model.pretrained=true" in v.untrained
+    torch.save(cifar_resnet.CifarResNet(8).state_dict(), tmp_path / "r8.pt")
+    loaded = cifar_resnet.build(depth=8, checkpoint=str(tmp_path / "r8.pt"))
+    assert loaded.untrained == "" and "@untrained" not in loaded.name
+    # pretrained, offline: a stand-in network and a file where torch hub keeps the download
+    weights = torchvision_models.torchvision.models.VGG16_Weights.DEFAULT
+    monkeypatch.setattr(torchvision_models.torchvision.models, "vgg16", lambda weights, **kw: torch.nn.Flatten())
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    file = tmp_path / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[1]
+    file.write_bytes(b"downloaded weights")
+    p = torchvision_models.build(arch="vgg16", pretrained=True)
+    assert p.name == f"vgg16@{weights.name}" and p.untrained == ""
+    assert p.weights_sha256 == hashlib.sha256(b"downloaded weights").hexdigest()
+
+
 def test_torchvision_local_checkpoint(tmp_path):
     net = torchvision_models.build(arch="vgg16", num_classes=3).net
     torch.save(net.state_dict(), tmp_path / "vgg.pt")

@@ -247,12 +247,12 @@ def test_imagenet_models_through_the_same_path(cfg_factory, tmp_path):
             *common,
         )
     )
-    assert rec.model == "vgg16" and rec.attack == "patch"
+    assert rec.model == "vgg16@untrained" and rec.attack == "patch"
     patch = Patch(load=str(tmp_path / "vgg.png"))
-    assert patch.info["model"] == "vgg16" and patch.info["train_data"] == "folder" and patch.info["n_train"] == 2
+    assert patch.info["model"] == "vgg16@untrained" and patch.info["train_data"] == "folder" and patch.info["n_train"] == 2
     assert patch.patch.shape == (3, 78, 78)  # its largest side: sqrt(0.1 * 1.2 * 224^2) = 77.6, rounded up
     rec2 = run(cfg_factory("model=inception_v3", "attack=patch", f"attack.load={tmp_path / 'vgg.png'}", *common))
-    assert rec2.model == "inception_v3" and rec2.eps == pytest.approx(0.1)
+    assert rec2.model == "inception_v3@untrained" and rec2.eps == pytest.approx(0.1)
     # the saved sticker resampled to 10% of Inception's 299x299 input, exactly
     x = torch.rand(2, 3, 299, 299)
     assert ((patch.apply(x) != x).any(1).flatten(1).sum(1) == round(0.1 * 299 * 299)).all()

@@ -72,6 +72,18 @@ def test_rerun_is_skipped_unless_forced(cfg_factory, capsys):
     assert len(ResultStore(cfg_factory().results_dir).records()) == 1
 
 
+def test_a_model_with_random_weights_is_named_and_warned_about(cfg_factory, tmp_path, capsys):
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=g.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8), y=g.integers(0, 10, 12))
+    rec = run(
+        cfg_factory("model=cifar_resnet", "model.depth=8", "dataset=npz", f"dataset.path={tmp_path / 'd.npz'}", "n_samples=12")
+    )
+    assert rec.model == "cifar_resnet8@untrained"
+    assert "warning: cifar_resnet8@untrained has random weights (no model.checkpoint)" in capsys.readouterr().out
+
+
 def test_targeted_run(cfg_factory):
     rec = run(cfg_factory("n_samples=100", "attack=pgd", "attack.eps=0.4", "attack.steps=20", "attack.target=7"))
     assert rec.targeted and rec.success_rate > 0.8
