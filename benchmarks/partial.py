@@ -93,6 +93,17 @@ def rng_state(model) -> dict[str, Any]:
     }
 
 
+def start_streams(model, config_hash: str) -> None:
+    """Seed what :func:`rng_state` covers from the run's own key before its first batch, so that a
+    run draws the same whether it follows another in one process (the adaptive variant after the
+    standard one, an escalation after its flagged row) or runs alone on a rerun that finds the
+    others stored. A resumed run then puts back the state saved with its batches."""
+    stream = int(config_hash[:15], 16)
+    torch.manual_seed(stream)
+    for m in _defended(model):
+        m.reseed(stream)
+
+
 def set_rng_state(model, state: dict[str, Any] | None, device: torch.device) -> None:
     """Put back what :func:`rng_state` saved (nothing for a file without it)."""
     if not state:

@@ -52,7 +52,16 @@ from fragility.benchmarks.figures import run_figures
 from fragility.benchmarks.inputs import with_inputs
 from fragility.benchmarks.leaderboard import board_row, defense_leaderboard, log_wandb_table, write_leaderboards
 from fragility.benchmarks.metrics import METRIC_FIELDS, compute_metrics, perturbation_norms
-from fragility.benchmarks.partial import PARTIAL, PartialRun, attack_state, model_digest, partial_key, rng_state, set_rng_state
+from fragility.benchmarks.partial import (
+    PARTIAL,
+    PartialRun,
+    attack_state,
+    model_digest,
+    partial_key,
+    rng_state,
+    set_rng_state,
+    start_streams,
+)
 from fragility.benchmarks.provenance import config_hash, now, versions
 from fragility.benchmarks.record import RunRecord
 from fragility.benchmarks.store import ResultStore
@@ -437,6 +446,7 @@ class Trial:
         partial = PartialRun(self.results_dir / "runs" / config_hash / PARTIAL, key)
         desc = f"{self.model.name} {attack.name}" + ("" if variant == "standard" else f" [{variant}]")
         first, before = 0, 0.0
+        start_streams(self.model, config_hash)
         if bool(self.cfg.get("force", False)):
             partial.remove()  # force: every batch again
         elif (state := partial.load()) is not None:

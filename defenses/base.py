@@ -107,6 +107,7 @@ class DefendedClassifier(nn.Module):
         self.class_names = list(model.class_names)
         self.name = str(model.name)
         self._gen: torch.Generator | None = None
+        self._stream = 0  # mixed into the defense's seed by reseed(): one stream per run
         #: network forward passes per input image in the last call (EOT draws, votes), read by the
         #: attacks' query counter so that ``queries`` counts real passes, not calls
         self.last_passes = 1
@@ -140,8 +141,13 @@ class DefendedClassifier(nn.Module):
     def generator(self, device: torch.device) -> torch.Generator:
         """The defense's own random stream (seeded once; independent of the global RNG)."""
         if self._gen is None or self._gen.device != device:
-            self._gen = torch.Generator(device=device).manual_seed(self.defense.seed)
+            self._gen = torch.Generator(device=device).manual_seed((self.defense.seed + self._stream) % 2**63)
         return self._gen
+
+    def reseed(self, stream: int) -> None:
+        """Start the defense's stream afresh for ``stream`` (a run's own number): the draws of a run
+        then do not depend on what ran before it in the process."""
+        self._stream, self._gen = int(stream), None
 
     def rng_state(self) -> torch.Tensor | None:
         """The state of the defense's own stream, None before its first draw (a resumed run puts

@@ -160,3 +160,41 @@ def test_a_randomized_defense_resumes_with_the_draws_it_would_have_made(tmp_path
     cols = ["sample_id", "success", "queries", "adv_pred", "linf", "l2"]
     cols = [c for c in cols if c in whole.columns]
     assert whole[cols].equals(resumed[cols])
+
+
+def test_a_variant_cut_off_before_its_first_save_reruns_with_the_uninterrupted_draws(tmp_path, monkeypatch):
+    """Behind a randomized defense the adaptive variant runs after the standard one in the same
+    process. Stopped before it saved a batch, its rerun finds the standard row stored and starts
+    the adaptive variant in a fresh process: it must draw what the uninterrupted run drew, so each
+    run's random state starts from its own key, not from whatever ran before it."""
+    from fragility.benchmarks.runner import Trial
+
+    args = ["logger=none", "progress=false", "attack=pgd", "attack.eps=0.1", "attack.steps=3"]
+    args += ["n_samples=60", "batch_size=16", "defense=gaussian_noise", "defense.sigma=0.1"]
+    run(compose([f"results_dir={tmp_path / 'whole'}", *args]))
+    original = Trial._attack_all
+
+    def cut_off(self, variant, config_hash):
+        if variant == "adaptive":
+            raise KeyboardInterrupt
+        return original(self, variant, config_hash)
+
+    with monkeypatch.context() as m:
+        m.setattr(Trial, "_attack_all", cut_off)
+        with pytest.raises(KeyboardInterrupt):
+            run(compose([f"results_dir={tmp_path / 'cut'}", *args]))
+    assert [r.variant for r in ResultStore(tmp_path / "cut").records()] == ["standard"]
+    torch.rand(7)  # the fresh process's global generator is wherever it is: no matter
+    run(compose([f"results_dir={tmp_path / 'cut'}", *args]))
+    cols = ["sample_id", "success", "queries", "adv_pred", "linf", "l2"]
+
+    def by_variant(results: Path) -> dict:
+        store = ResultStore(results)
+        return {
+            r.variant: store.samples(r.config_hash).sort_values("sample_id")[cols].reset_index(drop=True) for r in store.records()
+        }
+
+    whole, rerun = by_variant(tmp_path / "whole"), by_variant(tmp_path / "cut")
+    assert sorted(rerun) == sorted(whole) and "adaptive" in rerun
+    for v in rerun:
+        assert whole[v].equals(rerun[v]), v
