@@ -707,7 +707,17 @@ def rerun_command(r: RunRecord, results_dir: str = "") -> str:
             plus = "" if key in _conf_top_keys() else "+"
             args.append(f"{plus}{key}={_override_value(v)}")
     args += [f"results_dir={_override_value(results_dir or cfg.get('results_dir', 'results'))}", "logger=none", "force=true"]
+    if _given(cfg):  # a network or images held in Python: the same call with the same objects
+        rest = [a for a in args if (k := a.split("=", 1)[0].lstrip("+")) != "attack" and not k.startswith(("model", "dataset"))]
+        attack = next((a.split("=", 1)[1] for a in args if a.startswith("attack=")), "")
+        return f"evaluate(model, images, labels, {attack!r}, overrides={rest!r})  # fragility.benchmarks.evaluate"
     return "fragility " + " ".join(shlex.quote(a) for a in args)
+
+
+def _given(cfg: dict) -> bool:
+    """Whether the run scored a model or images handed over in Python (``model=given``)."""
+    targets = {str((cfg.get(k) or {}).get("_target_", "")) for k in ("model", "dataset") if isinstance(cfg.get(k), dict)}
+    return bool(targets & {"fragility.models.given.build", "fragility.datasets.given.Given"})
 
 
 def provenance(r: RunRecord) -> dict[str, object]:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from fragility.attacks.base import AttackResult
+from fragility.models.checkpoint import state_sha256
 
 log = logging.getLogger(__name__)
 PARTIAL = "partial.pt"
@@ -57,14 +58,7 @@ def attack_state(attack) -> str:
 def model_digest(model) -> str:
     """The checkpoint's SHA-256 where the model came from one, else a digest of its parameters and
     buffers (a digits CNN retrained after its cache was cleared, a torchvision model's weights)."""
-    sha = str(getattr(model, "weights_sha256", "") or "")
-    if sha:
-        return sha
-    h = hashlib.sha256()
-    for name, value in model.state_dict().items():
-        h.update(name.encode())
-        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return str(getattr(model, "weights_sha256", "") or "") or state_sha256(model)
 
 
 def partial_key(config_hash: str, attacked: torch.Tensor, batch_size: int, weights: str, versions: dict, state: str = "") -> str:

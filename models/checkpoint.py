@@ -202,3 +202,14 @@ def untrained(model: nn.Module, why: str) -> nn.Module:
     if "@" not in model.name:
         model.name = f"{model.name}@untrained"
     return model
+
+
+def state_sha256(model: nn.Module) -> str:
+    """SHA-256 of ``model``'s parameters and buffers (names, dtypes, shapes and bytes): the identity
+    of weights that came from no file (a retrained digits CNN, a network handed over in Python)."""
+    h = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        t = value.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
