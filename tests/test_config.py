@@ -40,6 +40,15 @@ def _cases():
 @pytest.mark.parametrize("group, name", list(_cases()))
 def test_every_config_instantiates(group, name, files):
     extra = [o.format(t=files) for o in REQUIRED.get((group, name), [])]
+    if name == "given":  # an object of this process, registered as evaluate() does
+        import torch
+
+        from fragility.datasets.given import register as given_images
+        from fragility.models.given import register as given_model
+
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        key = given_model(net, (3, 2, 2)) if group == "model" else given_images(torch.rand(4, 3, 2, 2), [0, 1, 2, 0], "abc")
+        extra.append(f"{group}.key={key}")
     cfg = compose([f"{group}={name}", *extra])
     node = cfg[group]
     if group == "defense" and not node.get("_target_"):
