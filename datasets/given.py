@@ -14,31 +14,28 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from fragility.datasets.base import ImageSet, check_images, check_labels, seeded_subset
+from fragility.datasets.base import ImageSet, from_arrays, seeded_subset
 from fragility.errors import ConfigError, DataError
 
-_GIVEN: dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]] = {}
+_GIVEN: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
 
 
 def register(images, labels, class_names: Sequence[str]) -> str:
     """Keep ``images`` (N, C, H, W: float in [0, 1] or uint8) and ``labels`` (N class indices) for
-    ``dataset=given`` and return their key; bad values are a one-line :class:`DataError`."""
+    ``dataset=given`` and return their key. Their values are checked where every source's are, as
+    the run loads them (:func:`~fragility.datasets.base.from_arrays`: one-line :class:`DataError`)."""
     x = images.detach().cpu().numpy() if torch.is_tensor(images) else np.asarray(images)
     y = labels.detach().cpu().numpy() if torch.is_tensor(labels) else np.asarray(labels)
-    x = check_images(x, "images")
     if x.ndim != 4:
         raise DataError(f"images must be (N, C, H, W), got shape {x.shape}")
-    y = check_labels(y, len(x), "labels")
-    names = [str(c) for c in class_names]
-    if int(y.max()) >= len(names):
-        raise DataError(f"labels: label {int(y.max())} is outside the {len(names)} classes")
-    xt = torch.from_numpy(np.ascontiguousarray(x))
-    xt = xt if xt.dtype == torch.uint8 else xt.float()
-    h = hashlib.sha256(json.dumps({"shape": list(xt.shape), "dtype": str(xt.dtype), "classes": names}).encode())
-    h.update(xt.numpy().tobytes())
-    h.update(y.astype(np.int64).tobytes())
+    x, y, names = np.ascontiguousarray(x), np.ascontiguousarray(y), [str(c) for c in class_names]
+    h = hashlib.sha256(
+        json.dumps({"x": [list(x.shape), str(x.dtype)], "y": [list(y.shape), str(y.dtype)], "classes": names}).encode()
+    )
+    h.update(x.tobytes())
+    h.update(y.tobytes())
     key = h.hexdigest()
-    _GIVEN[key] = (xt, torch.from_numpy(y.astype(np.int64)), names)
+    _GIVEN[key] = (x, y, names)
     return key
 
 
@@ -58,6 +55,4 @@ class Given:
                 "in this process"
             )
         x, y, names = _GIVEN[self.key]
-        idx = seeded_subset(len(y), n_samples, seed)
-        ids = torch.from_numpy(idx.astype(np.int64))
-        return ImageSet(x[ids], y[ids], ids, list(names), self.name)
+        return from_arrays(x, y, seeded_subset(len(y), n_samples, seed), names, self.name, channels_last=False)

@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from fragility.errors import ConfigError, InputError
@@ -53,8 +54,6 @@ def register(
 
 def _class_count_names(model: nn.Module, size: tuple[int, ...]) -> list[str]:
     """``"0"`` ... ``"k-1"`` for the k logits ``model`` returns on one grey image."""
-    import torch
-
     p = next(iter(model.parameters()), None)
     x = torch.full((1, *size), 0.5, device=p.device if p is not None else "cpu", dtype=p.dtype if p is not None else None)
     was = model.training
