@@ -23,7 +23,7 @@ import warnings
 import torch
 
 from fragility.attacks.apgd import apgd_run
-from fragility.attacks.gradient import LpAttack
+from fragility.attacks.gradient import LpAttack, fewer_targets
 from fragility.attacks.losses import dlr, margin
 from fragility.errors import ConfigError
 
@@ -57,6 +57,10 @@ class APGDT(LpAttack):
         if self.eot_iter > 1:
             p["eot_iter"] = self.eot_iter
         return p
+
+    def fit_classes(self, num_classes):
+        self.n_target_classes, notes = fewer_targets(self.name, self.n_target_classes, num_classes)
+        return notes
 
     def _run(self, model, images, labels, targets, rng):
         if self.eps == 0:

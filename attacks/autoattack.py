@@ -43,7 +43,7 @@ from fragility.attacks.apgd import APGD
 from fragility.attacks.apgd_t import APGDT, few_classes_note
 from fragility.attacks.base import Attack
 from fragility.attacks.fab import FAB
-from fragility.attacks.gradient import LpAttack
+from fragility.attacks.gradient import LpAttack, fewer_targets
 from fragility.attacks.square import Square
 from fragility.errors import ConfigError
 from fragility.precision import check_precision
@@ -124,6 +124,13 @@ class AutoAttack(LpAttack):
             ("apgd-ce", APGD(loss="ce", steps=steps, eot_iter=self.eot_iter, **lp)),
             ("apgd-dlr", APGD(loss="dlr", steps=steps, eot_iter=self.eot_iter, **lp)),
         ]
+
+    def fit_classes(self, num_classes):
+        k, notes = fewer_targets(self.name, self.n_target_classes, num_classes)
+        if notes:
+            self.n_target_classes = k
+            self.attacks = self._build()
+        return notes
 
     def attack_names(self) -> list[str]:
         return [label for label, _ in self.attacks]

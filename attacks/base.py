@@ -149,6 +149,12 @@ class Attack(ABC):
         """Hyperparameters that identify this attack in a leaderboard row."""
         return {}
 
+    def fit_classes(self, num_classes: int) -> list[str]:
+        """Fit settings that depend on the model's class count (``n_target_classes`` above the
+        ``num_classes - 1`` other classes) before a run, so that :meth:`params` names what runs;
+        one line per setting changed. The default has none."""
+        return []
+
     def describe(self) -> str:
         parts = []
         for k, v in self.params().items():

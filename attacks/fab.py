@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from fragility.attacks.gradient import LpAttack
+from fragility.attacks.gradient import LpAttack, fewer_targets
 from fragility.errors import ConfigError
 from fragility.flags import parse_flag
 
@@ -116,6 +116,12 @@ class FAB(LpAttack):
         else:
             p["targeted"] = False
         return p
+
+    def fit_classes(self, num_classes):
+        if not self.fab_targeted:
+            return []
+        self.n_target_classes, notes = fewer_targets(self.name, self.n_target_classes, num_classes)
+        return notes
 
     # ---- one run -------------------------------------------------------------------------------
     def _boundary(self, model, x1, labels, targets, idx):

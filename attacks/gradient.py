@@ -148,3 +148,11 @@ class LpAttack(Attack):
 
     def project(self, adv, images):
         return project(adv, images, self.norm_name, self.eps)
+
+
+def fewer_targets(name: str, k: int, num_classes: int) -> tuple[int, list[str]]:
+    """``n_target_classes`` for a model with ``num_classes`` outputs: at most the other classes."""
+    if num_classes < 2 or k <= num_classes - 1:
+        return k, []
+    note = f"{name}: n_target_classes={k} but the model has {num_classes} classes; its {num_classes - 1} other classes are the targets"
+    return num_classes - 1, [note]

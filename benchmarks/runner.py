@@ -275,6 +275,13 @@ def run(cfg: DictConfig) -> RunRecord:
     return worst_record(records)
 
 
+def fit_to(attack, model) -> list[str]:
+    """Fit the attack's class-count settings to the model (:meth:`Attack.fit_classes`), so that the
+    row's parameters are the ones that ran."""
+    classes = getattr(model, "num_classes", None)
+    return attack.fit_classes(int(classes)) if classes and hasattr(attack, "fit_classes") else []
+
+
 @dataclass
 class Trial:
     """One experiment once its inputs are built: the model (behind its defense), the data, the
@@ -313,6 +320,8 @@ class Trial:
         source = safe_instantiate(cfg.dataset, allowed)
         data = load_matching(source, n_samples, seed, model, "dataset")
         attack = safe_instantiate(cfg.attack, allowed)
+        for note in fit_to(attack, model):
+            print(f"[fragility] {note}")
         progress = bool(cfg.get("progress", True))
         with adaptive_mode(model, False):
             clean_pred, clean_conf = predict(model, data, batch_size, device)
@@ -393,7 +402,9 @@ class Trial:
         keys = mix64(self.data.ids[idx] + (self.seed << 32))
 
         def make_attack(**overrides):
-            return safe_instantiate(attack_with(self.cfg.attack, **overrides), self.allowed)
+            attack = safe_instantiate(attack_with(self.cfg.attack, **overrides), self.allowed)
+            fit_to(attack, self.model)
+            return attack
 
         flags = run_checks(
             self.model,
@@ -424,7 +435,9 @@ class Trial:
         """Attack with the escalated attack ``e`` (in ``variant``'s mode) and write its record."""
         p = e.plan
         model = eot_model(self.model, p.eot_samples) if p.eot_samples > 1 else self.model
-        trial = replace(self, attack=safe_instantiate(p.attack, self.allowed), model=model, resolved=e.resolved)
+        attack = safe_instantiate(p.attack, self.allowed)
+        fit_to(attack, model)
+        trial = replace(self, attack=attack, model=model, resolved=e.resolved)
         print(f"[fragility] escalating {self.attack.name} [{variant}] -> {p.describe()}")
         with adaptive_mode(model, variant == "adaptive"):
             if model is not self.model:

@@ -139,3 +139,20 @@ def test_bad_config():
         APGD(rho=1.5)
     with pytest.raises(ConfigError):
         APGD(loss="nope")
+
+
+def test_more_target_classes_than_the_model_has_are_fitted_and_the_row_says_what_ran(cfg_factory, capsys):
+    from fragility.attacks.autoattack import AutoAttack
+    from fragility.attacks.fab import FAB
+    from fragility.benchmarks.runner import run
+
+    a = APGDT(n_target_classes=20)
+    assert a.fit_classes(10) == ["apgd_t: n_target_classes=20 but the model has 10 classes; its 9 other classes are the targets"]
+    assert a.params()["n_target_classes"] == 9 and a.fit_classes(10) == []
+    assert FAB(targeted=False, n_target_classes=20).fit_classes(10) == []  # untargeted FAB has no targets
+    aa = AutoAttack()  # the default 9 on a five-class model: 4 targets in APGD-T and FAB-T, and the row says so
+    assert aa.fit_classes(5) and aa.params()["n_target_classes"] == 4
+    assert {getattr(x, "n_target_classes", 4) for _, x in aa.attacks} == {4}
+    rec = run(cfg_factory("attack=apgd_t", "attack.n_target_classes=20", "attack.steps=2", "n_samples=8"))
+    assert "n_target_classes=9" in rec.params and "n_target_classes=20" not in rec.params
+    assert "its 9 other classes are the targets" in capsys.readouterr().out
