@@ -12,13 +12,17 @@ Robustness", section 6 checklist; AutoAttack's own warnings). On a probe of the 
   for at least ``saturation_share`` of the images (cross-entropy's gradient is then below
   ``exp(-gap)``: a scaled or overconfident model). An honest digits CNN's gaps stay under 30;
 - ``random``: two forward passes of the same images give different logits;
+- ``label_only``: the logits of at least ``label_only_share`` of the images are exactly the same
+  after uniform noise of ``label_only_noise`` (Linf, about 8/255) that leaves their label as it
+  was: the scores are piecewise constant (one-hot, a label-only API, rounded probabilities), so
+  gradients and score-based searches see nothing to follow;
 - ``unbounded``: the same attack with a budget covering the whole image box (Linf 1, L2
   ``sqrt(C*H*W)``, no random start) succeeds on fewer than ``unbounded_success`` of the images;
 - ``blackbox``: Square (score-based, no gradients) at the same budget, ``square_queries`` queries,
   breaks more than ``blackbox_margin`` of the probe (at least 2 images) that the gradient attack
   left standing.
 
-The first four need only the model and the probe; the last two need an iterative attack (``steps``
+The first five need only the model and the probe; the last two need an iterative attack (``steps``
 > 1: a single FGSM step is not expected to reach 100% nor to beat Square) of an Lp threat model
 (:class:`~fragility.attacks.gradient.LpAttack`), rebuilt by the caller with other options. :func:`run_checks`
 returns :class:`Flag` objects; :func:`format_flags` gives the store's ``flags`` column
@@ -34,7 +38,7 @@ from typing import Any
 
 import torch
 
-FLAG_NAMES = ("zero_grad", "nonfinite_grad", "saturated", "random", "unbounded", "blackbox")
+FLAG_NAMES = ("zero_grad", "nonfinite_grad", "saturated", "random", "label_only", "unbounded", "blackbox")
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class CheckSettings:
     zero_grad_share: float = 0.1
     saturation_gap: float = 50.0
     saturation_share: float = 0.5
+    label_only_noise: float = 0.03
+    label_only_share: float = 0.5
     unbounded_success: float = 0.9
     square_queries: int = 300
     blackbox_margin: float = 0.05
@@ -82,7 +88,7 @@ def parse_flags(text: str) -> list[str]:
 
 # the names run_checks can fire; a stored ``flags`` string also holds the clean pass's output flags
 # and ``nonfinite_logits``, which no escalation answers
-CHECK_NAMES = ("zero_grad", "nonfinite_grad", "saturated", "random", "unbounded", "blackbox")
+CHECK_NAMES = FLAG_NAMES
 
 
 def check_names(text: str) -> list[str]:
@@ -104,8 +110,9 @@ def gradient_flags(
     x = images.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         values = _loss_fn(loss)(model(x), labels, targets)
-        (grad,) = torch.autograd.grad(values.sum(), x, allow_unused=True)
-    if grad is None:  # the output does not depend on the input at all
+        # an output built without autograd (argmax, one-hot labels, numpy inside forward) has no graph
+        grad = torch.autograd.grad(values.sum(), x, allow_unused=True)[0] if values.requires_grad else None
+    if grad is None:  # the output does not depend on the input at all, as far as autograd can see
         return [Flag("zero_grad", n, n)]
     flat = grad.detach().flatten(1)
     out = []
@@ -125,10 +132,14 @@ def outputs_differ(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def output_flags(model, images, settings: CheckSettings = CheckSettings()) -> list[Flag]:
-    """``saturated`` and ``random`` from two gradient-free forward passes."""
+    """``saturated``, ``random`` and ``label_only`` from three gradient-free forward passes."""
     n = len(images)
     a = model(images).float()
     b = model(images).float()
+    # the same noise for every run (a generator of its own, on the CPU: the global streams are the run's)
+    g = torch.Generator().manual_seed(0)
+    noise = (torch.rand(images.shape, generator=g) * 2 - 1).to(images.device) * settings.label_only_noise
+    c = model((images + noise).clamp(0, 1)).float()
     out = []
     logp = torch.log_softmax(a, 1)
     top2 = logp.topk(2, dim=1).values
@@ -139,6 +150,10 @@ def output_flags(model, images, settings: CheckSettings = CheckSettings()) -> li
     differ = outputs_differ(a, b)
     if differ.any():
         out.append(Flag("random", int(differ.sum()), n))
+    # exactly equal, not close: an honest network's logits move with any change of its input
+    frozen = (c == a).all(1) & (c.argmax(1) == a.argmax(1)) & ~differ
+    if n and frozen.float().mean() >= settings.label_only_share:
+        out.append(Flag("label_only", int(frozen.sum()), n))
     return out
 
 

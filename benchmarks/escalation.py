@@ -18,9 +18,14 @@ flag                                   escalated attack
 ``random``                             the same attack through EOT (:func:`eot_model`): every
                                        gradient is the one of ``log mean_k softmax`` over
                                        ``eot_samples`` draws, each draw counted as a query
+``label_only``                         RayS (hard-label ray search, reads only the predicted class;
+                                       Chen & Gu 2020) at the same eps, ``rays_queries`` queries, for
+                                       an untargeted Linf attack; Square otherwise (a weaker answer:
+                                       its margin is flat on such scores)
 =====================================  ===============================================================
 
-Flags combine: ``random`` + ``saturated`` gives the margin loss through EOT; Square wins over the
+Flags combine: ``random`` + ``saturated`` gives the margin loss through EOT; RayS wins over the
+others where it applies (no gradient and no score can be followed on such a model), then Square wins over the
 others (it needs no gradient, so EOT is not applied to it: each of its queries is one draw of the
 randomized model, as deployed). An ``adaptive`` run (BPDA / EOT of a defense) already answers
 ``random`` and ``zero_grad`` coming from that defense; the runner passes those as ``answered``.
@@ -38,12 +43,14 @@ from fragility.benchmarks.checks import Flag
 from fragility.defenses.base import Defense
 
 SQUARE_TARGET = "fragility.attacks.square.Square"
-GRADIENT_FREE = ("zero_grad", "nonfinite_grad", "unbounded", "blackbox")
+RAYS_TARGET = "fragility.attacks.rays.RayS"
+GRADIENT_FREE = ("zero_grad", "nonfinite_grad", "label_only", "unbounded", "blackbox")
 
 
 @dataclass(frozen=True)
 class EscalationSettings:
     square_queries: int = 1000
+    rays_queries: int = 1000
     eot_samples: int = 8
     loss: str = "margin"
 
@@ -90,6 +97,18 @@ def square_node(node: DictConfig, queries: int) -> DictConfig:
     return OmegaConf.create(out)
 
 
+def rays_node(node: DictConfig, queries: int) -> DictConfig | None:
+    """RayS at the eps and seed of the attack ``node``, or None where it does not apply (RayS is
+    untargeted and Linf; FAB-T's ``targeted`` only orders its targets, its success is untargeted)."""
+    base = OmegaConf.to_container(node, resolve=True)
+    if str(base.get("norm", "linf")).lower() != "linf" or base.get("target") is not None:
+        return None
+    out = {"_target_": RAYS_TARGET, "eps": base.get("eps"), "norm": "linf", "queries": int(queries)}
+    if "seed" in base:
+        out["seed"] = base["seed"]
+    return OmegaConf.create(out)
+
+
 def plan(
     flags: list[Flag] | list[str],
     attack_node: DictConfig,
@@ -103,8 +122,10 @@ def plan(
     base = OmegaConf.to_container(attack_node, resolve=True)
     if not names or str(base.get("norm", "")).lower() not in ("linf", "l2") or "eps" not in base:
         return None
-    if base.get("_target_") == SQUARE_TARGET:
+    if base.get("_target_") in (SQUARE_TARGET, RAYS_TARGET):
         return None
+    if "label_only" in names and (node := rays_node(attack_node, settings.rays_queries)) is not None:
+        return Plan(node, 1, tuple(names))
     if any(n in GRADIENT_FREE for n in names) or ("saturated" in names and "loss" not in base):
         return Plan(square_node(attack_node, settings.square_queries), 1, tuple(names))
     node = attack_with(attack_node, loss=settings.loss) if "saturated" in names else OmegaConf.create(base)
