@@ -4,8 +4,9 @@ Each model is a TorchScript file loaded the way a user's model is (``model=check
 model.format=torchscript``), so the harness knows nothing of the trick inside:
 
 - digits CNN (the cached recipe model) with logits x1000, with its input rounded to 4 levels, with
-  Gaussian input noise (sigma 0.1) inside the network, and unchanged (the honest control);
-- optionally (``--cifar-n N``) the published CIFAR-10 ResNet-20 with logits x1e4.
+  Gaussian input noise (sigma 0.1) inside the network, label-only (its scores are the one-hot
+  vector of its prediction, x10, as an API that returns only a label), and unchanged (the honest control);
+- optionally (``--cifar-n N``) the published CIFAR-10 ResNet-20 with logits x1e4, and label-only.
 
 For every model one ``fragility`` run (``escalate=true``, the default) writes the PGD row (with its
 flags) and, when a check fires, the escalated row; the table shows both and the per-sample worst
@@ -25,6 +26,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,6 +58,8 @@ class Masked(nn.Module):
         elif self.kind == "noise":
             x = x + self.amount * torch.randn_like(x)
         z = self.net((x - self.mean) / self.std)
+        if self.kind == "onehot":
+            return F.one_hot(z.argmax(1), z.shape[1]).to(z.dtype) * self.amount
         return z * self.amount if self.kind == "scale" else z
 
 
@@ -72,7 +76,11 @@ def main() -> None:
     ap.add_argument("--cifar-eps", default="8/255")
     ap.add_argument("--n", type=int, default=539, help="digits test images (539 = all)")
     ap.add_argument("--cifar-n", type=int, default=0, help="CIFAR-10 test images for resnet20 x1e4 (0: skip)")
-    ap.add_argument("--only", default=None, help="comma list: digits_honest,digits_x1000,digits_round4,digits_noise,cifar_x1e4")
+    ap.add_argument(
+        "--only",
+        default=None,
+        help="comma list: digits_honest,digits_x1000,digits_round4,digits_noise,digits_onehot,cifar_x1e4,cifar_onehot",
+    )
     ap.add_argument("--shared", default=os.environ.get("FRAGILITY_SHARED", str(REPO.parent / "shared")))
     ap.add_argument("--results", default=str(REPO / "results" / "bench_masking"))
     ap.add_argument("--threads", type=int, default=int(os.environ.get("FRAGILITY_THREADS", os.cpu_count() or 1)))
@@ -93,13 +101,16 @@ def main() -> None:
         "digits_x1000": (Masked(net, "scale", 1000.0, dm, ds), "digits"),
         "digits_round4": (Masked(net, "round", 4.0, dm, ds), "digits"),
         "digits_noise": (Masked(net, "noise", 0.1, dm, ds), "digits"),
+        "digits_onehot": (Masked(net, "onehot", 10.0, dm, ds), "digits"),
     }
     if args.cifar_n:
         from fragility.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
         from fragility.models.cifar_resnet import build as resnet
 
         ckpt = sorted((Path(args.shared) / "models" / "cifar10").glob("resnet20-*.th"))[0]
-        jobs["cifar_x1e4"] = (Masked(resnet(20, str(ckpt)).net, "scale", 1e4, list(CIFAR_MEAN), list(CIFAR_STD)), "cifar")
+        cifar = resnet(20, str(ckpt)).net
+        jobs["cifar_x1e4"] = (Masked(cifar, "scale", 1e4, list(CIFAR_MEAN), list(CIFAR_STD)), "cifar")
+        jobs["cifar_onehot"] = (Masked(cifar, "onehot", 10.0, list(CIFAR_MEAN), list(CIFAR_STD)), "cifar")
     only = set(args.only.split(",")) if args.only else None
     base = [f"results_dir={out}", "logger=none", "progress=false", "device=cpu", "attack=pgd", "model=checkpoint"]
     base += ["model.format=torchscript", "escalate=true"]
