@@ -121,6 +121,9 @@ class Attack(ABC):
     norm: ClassVar[str | None] = None
     #: what the attack needs from the model (checked before any compute is spent)
     needs_gradients: ClassVar[bool] = True
+    #: whether it follows the model's scores (False: a decision-based attack, which reads only the
+    #: predicted class and so needs no score that moves)
+    reads_scores: ClassVar[bool] = True
     #: names of 1-D per-sample tensors in ``AttackResult.extras`` that the runner stores with each
     #: sample (e.g. which attack of an ensemble broke it)
     sample_extras: ClassVar[tuple[str, ...]] = ()

@@ -37,6 +37,7 @@ from fragility.errors import ConfigError
 class RayS(LpAttack):
     name = "rays"
     needs_gradients = False
+    reads_scores = False
 
     def __init__(
         self,

@@ -203,12 +203,19 @@ def run_checks(
     keys=None,
     settings: CheckSettings = CheckSettings(),
 ) -> list[Flag]:
-    """Every check that applies to ``attack`` (none unless it needs gradients), on the first
-    ``settings.probe_n`` images; flags in :data:`FLAG_NAMES` order."""
-    if not settings.enabled or not getattr(attack, "needs_gradients", False) or len(images) == 0:
+    """Every check that applies to ``attack`` on the first ``settings.probe_n`` images, flags in
+    :data:`FLAG_NAMES` order: all of them for a gradient attack, ``label_only`` alone for a
+    score-based one, none for a decision-based one."""
+    if not settings.enabled or len(images) == 0:
         return []
     k = settings.probe_n
     x, y = images[:k], labels[:k]
+    if not getattr(attack, "needs_gradients", False):
+        # a score-based search (Square, DE, Sparse-RS) is as blind as a gradient where the scores
+        # do not move; a decision-based attack (RayS) reads only labels and needs no check
+        if not getattr(attack, "reads_scores", True):
+            return []
+        return [f for f in output_flags(model, x, settings) if f.name == "label_only"]
     t = targets[:k] if targets is not None else None
     kk = keys[:k] if keys is not None else None
     flags = gradient_flags(model, x, y, t, getattr(attack, "loss", "ce"), settings)

@@ -122,10 +122,14 @@ def plan(
     base = OmegaConf.to_container(attack_node, resolve=True)
     if not names or str(base.get("norm", "")).lower() not in ("linf", "l2") or "eps" not in base:
         return None
-    if base.get("_target_") in (SQUARE_TARGET, RAYS_TARGET):
+    if base.get("_target_") == RAYS_TARGET:
         return None
-    if "label_only" in names and (node := rays_node(attack_node, settings.rays_queries)) is not None:
+    # a score-based attack's answer gets at least its queries (Square's 5000 by default)
+    queries = max(settings.rays_queries, int(base.get("queries") or 0) if base.get("_target_") == SQUARE_TARGET else 0)
+    if "label_only" in names and (node := rays_node(attack_node, queries)) is not None:
         return Plan(node, 1, tuple(names))
+    if base.get("_target_") == SQUARE_TARGET:  # a score-based attack is answered only by RayS
+        return None
     if any(n in GRADIENT_FREE for n in names) or ("saturated" in names and "loss" not in base):
         return Plan(square_node(attack_node, settings.square_queries), 1, tuple(names))
     node = attack_with(attack_node, loss=settings.loss) if "saturated" in names else OmegaConf.create(base)

@@ -207,8 +207,8 @@ def escalation_for(
         return None  # defense.adaptive=false: the user asked for this defense's plain attack only; flags stay
     answered: set[str] = set()
     if d is not None and d.needs_adaptive:
-        if variant == "standard":
-            return None
+        if variant == "standard" and attack_needs_gradients(resolved):
+            return None  # its adaptive variant escalates (a score-based attack has only this one)
         answered |= {"random"} if d.randomized else set()
         answered |= {"zero_grad"} if not d.differentiable else set()
     p = plan(flags, cfg.attack, EscalationSettings.from_config(cfg.get("escalation")), answered)
@@ -394,7 +394,7 @@ class Trial:
         """The gradient-masking checks (:mod:`fragility.benchmarks.checks`) on the first attacked
         images, in the variant's mode; printed with the row."""
         settings = CheckSettings.from_config(self.cfg.get("checks"))
-        if result is None or not settings.enabled or not getattr(self.attack, "needs_gradients", False):
+        if result is None or not settings.enabled:
             return []
         idx = self._attacked[: settings.probe_n]
         x, y = self.data.images(idx).to(self.device), self.data.y[idx].to(self.device)

@@ -154,3 +154,18 @@ def test_a_label_only_model_is_not_reported_robust(digits_model, digits_test, tm
     hard = evaluate(OneHot(digits_model), x, y, "pgd", **kw)
     assert hard.attack == "rays" and hard.variant == "escalated"
     assert hard.robust_acc <= plain.robust_acc + 0.08
+
+
+def test_square_on_a_label_only_model_is_flagged_and_answered_by_rays(digits_model, digits_test, tmp_path):
+    """Square follows a margin that is flat on one-hot scores: its run is checked for that too."""
+    from fragility.benchmarks.evaluate import evaluate
+
+    x, y = digits_test.images(slice(0, 100)), digits_test.y[:100]
+    kw = {"eps": 0.1, "queries": 300, "results_dir": tmp_path, "progress": False}
+    plain = evaluate(digits_model, x, y, "square", **kw)
+    hard = evaluate(OneHot(digits_model), x, y, "square", **kw)
+    assert hard.attack == "rays" and hard.variant == "escalated" and "queries=1000" in hard.params
+    assert hard.robust_acc <= plain.robust_acc + 0.08
+    square = OmegaConf.create({"_target_": SQUARE_TARGET, "eps": 0.1, "norm": "linf", "queries": 5000})
+    assert plan(["label_only"], square).attack.queries == 5000  # at least the queries Square was given
+    assert plan(["zero_grad"], square) is None
