@@ -5,7 +5,8 @@ model.format=torchscript``), so the harness knows nothing of the trick inside:
 
 - digits CNN (the cached recipe model) with logits x1000, with its input rounded to 4 levels, with
   Gaussian input noise (sigma 0.1) inside the network, label-only (its scores are the one-hot
-  vector of its prediction, x10, as an API that returns only a label), and unchanged (the honest control);
+  vector of its prediction, x10, as an API that returns only a label; scored by PGD-10 and, as
+  ``digits_onehot_square``, by Square with 1000 queries), and unchanged (the honest control);
 - optionally (``--cifar-n N``) the published CIFAR-10 ResNet-20 with logits x1e4, and label-only.
 
 For every model one ``fragility`` run (``escalate=true``, the default) writes the PGD row (with its
@@ -79,7 +80,8 @@ def main() -> None:
     ap.add_argument(
         "--only",
         default=None,
-        help="comma list: digits_honest,digits_x1000,digits_round4,digits_noise,digits_onehot,cifar_x1e4,cifar_onehot",
+        help="comma list: digits_honest,digits_x1000,digits_round4,digits_noise,digits_onehot,digits_onehot_square,"
+        "cifar_x1e4,cifar_onehot",
     )
     ap.add_argument("--shared", default=os.environ.get("FRAGILITY_SHARED", str(REPO.parent / "shared")))
     ap.add_argument("--results", default=str(REPO / "results" / "bench_masking"))
@@ -97,11 +99,13 @@ def main() -> None:
     net = digits().net
     dm, ds = [0.31], [0.38]
     jobs = {
-        "digits_honest": (Masked(net, "none", 1.0, dm, ds), "digits"),
-        "digits_x1000": (Masked(net, "scale", 1000.0, dm, ds), "digits"),
-        "digits_round4": (Masked(net, "round", 4.0, dm, ds), "digits"),
-        "digits_noise": (Masked(net, "noise", 0.1, dm, ds), "digits"),
-        "digits_onehot": (Masked(net, "onehot", 10.0, dm, ds), "digits"),
+        "digits_honest": (Masked(net, "none", 1.0, dm, ds), "digits", "pgd"),
+        "digits_x1000": (Masked(net, "scale", 1000.0, dm, ds), "digits", "pgd"),
+        "digits_round4": (Masked(net, "round", 4.0, dm, ds), "digits", "pgd"),
+        "digits_noise": (Masked(net, "noise", 0.1, dm, ds), "digits", "pgd"),
+        "digits_onehot": (Masked(net, "onehot", 10.0, dm, ds), "digits", "pgd"),
+        # a score-based attack on the same label-only model (Square's margin is flat there)
+        "digits_onehot_square": (Masked(net, "onehot", 10.0, dm, ds), "digits", "square"),
     }
     if args.cifar_n:
         from fragility.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
@@ -109,13 +113,13 @@ def main() -> None:
 
         ckpt = sorted((Path(args.shared) / "models" / "cifar10").glob("resnet20-*.th"))[0]
         cifar = resnet(20, str(ckpt)).net
-        jobs["cifar_x1e4"] = (Masked(cifar, "scale", 1e4, list(CIFAR_MEAN), list(CIFAR_STD)), "cifar")
-        jobs["cifar_onehot"] = (Masked(cifar, "onehot", 10.0, list(CIFAR_MEAN), list(CIFAR_STD)), "cifar")
+        jobs["cifar_x1e4"] = (Masked(cifar, "scale", 1e4, list(CIFAR_MEAN), list(CIFAR_STD)), "cifar", "pgd")
+        jobs["cifar_onehot"] = (Masked(cifar, "onehot", 10.0, list(CIFAR_MEAN), list(CIFAR_STD)), "cifar", "pgd")
     only = set(args.only.split(",")) if args.only else None
-    base = [f"results_dir={out}", "logger=none", "progress=false", "device=cpu", "attack=pgd", "model=checkpoint"]
+    base = [f"results_dir={out}", "logger=none", "progress=false", "device=cpu", "model=checkpoint"]
     base += ["model.format=torchscript", "escalate=true"]
     print(f"# bench_masking: PGD-10 alone vs with checks + escalation, {args.threads} thread(s)", flush=True)
-    for name, (module, kind) in jobs.items():
+    for name, (module, kind, attack) in jobs.items():
         if only and name not in only:
             continue
         path = script(module, out / "models" / f"{name}.pt")
@@ -126,15 +130,17 @@ def main() -> None:
             test = Path(args.shared) / "data" / "cifar10" / "test.npz"
             ov = ["dataset=cifar10_npz", f"dataset.path={test}", f"n_samples={args.cifar_n}", f"attack.eps={args.cifar_eps}"]
             ov += ["model.input_size=[3,32,32]", "model.mean=[0.0,0.0,0.0]", "model.std=[1.0,1.0,1.0]", "batch_size=100"]
+        if attack == "square":
+            ov.append("attack.queries=1000")
         t0 = time.perf_counter()
-        run(compose([*base, *ov, f"model.path={path}", f"model.name={name}"]))
+        run(compose([*base, f"attack={attack}", *ov, f"model.path={path}", f"model.name={name}"]))
         print(f"# {name} done in {time.perf_counter() - t0:.0f}s", flush=True)
 
     store = ResultStore(out)
     recs = store.records()
     summ = worst_case(recs, samples_for(store, recs))
     print(
-        "\n| model | n | clean | PGD-10 alone | flags on the PGD row | escalated attack | escalated | reported (per-sample worst) [95% CI] |"
+        "\n| model | n | clean | attack alone | flags on its row | escalated attack | escalated | reported (per-sample worst) [95% CI] |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for _, row in summ.iterrows():
@@ -145,7 +151,7 @@ def main() -> None:
             continue
         esc_cells = f"{esc.attack} {esc.params} | {esc.robust_acc:.1%}" if esc else "– | –"
         print(
-            f"| {row['model']} | {row['n']} | {row['clean_acc']:.1%} | {pgd.robust_acc:.1%} | {pgd.flags or 'none'} | {esc_cells} | "
+            f"| {row['model']} | {row['n']} | {row['clean_acc']:.1%} | {pgd.attack} {pgd.robust_acc:.1%} | {pgd.flags or 'none'} | {esc_cells} | "
             f"**{row['worst_robust_acc']:.1%}** [{row['robust_ci_low']:.1%}, {row['robust_ci_high']:.1%}] |"
         )
     print(f"\nleaderboards: {out}/leaderboard.md (flags column), {out}/summary.csv")
