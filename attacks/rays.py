@@ -63,6 +63,8 @@ class RayS(LpAttack):
     def _run(self, model, images, labels, targets, rng):
         if targets is not None:
             raise ConfigError("rays is untargeted (a ray is kept where the label changes)")
+        if self.eps == 0:  # no ray can leave the image: nothing to search, no query spent
+            return images, {"boundary_dist": torch.full((len(images),), math.inf, device=images.device)}
         n, dim = len(images), images[0].numel()
         flat = images.flatten(1)
         sign = torch.ones_like(flat)

@@ -63,6 +63,8 @@ def test_inside_the_ball_and_the_box_and_queries_capped(tiny_model, tiny_batch):
     assert (res.adv - x).abs().max() <= 0.05 + 1e-6
     assert res.adv.min() >= 0 and res.adv.max() <= 1
     assert (res.queries >= 1).all() and (res.queries <= 40).all()
+    none = RayS(eps=0, queries=40)(tiny_model, x, y)  # an empty ball: nothing asked
+    assert torch.equal(none.adv, x) and (none.queries == 0).all()
 
 
 def test_reads_only_labels(digits_model, probe):
