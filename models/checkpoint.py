@@ -189,9 +189,18 @@ def identify(model: nn.Module, path: str | Path | None, *, rename: bool = True) 
     leaderboard. Returns ``model``."""
     if path:
         model.weights_sha256 = file_sha256(path)
+        # the digest of what was loaded: a network changed in Python since is told apart (models/given.py)
+        model.loaded_state_sha256 = state_sha256(model)
         if rename and "@" not in model.name:
             model.name = f"{model.name}@{model.weights_sha256[:8]}"
     return model
+
+
+def unchanged_since_identified(model: nn.Module, state: str | None = None) -> bool:
+    """Whether ``model`` still holds the weights :func:`identify` or :func:`untrained` named
+    (``state``: its :func:`state_sha256`, when the caller has it already)."""
+    seen = getattr(model, "loaded_state_sha256", "")
+    return bool(seen) and seen == (state or state_sha256(model))
 
 
 def untrained(model: nn.Module, why: str) -> nn.Module:
@@ -199,6 +208,7 @@ def untrained(model: nn.Module, why: str) -> nn.Module:
     weights). Its display name gets ``@untrained`` so that its rows never sit under the name of
     the trained network in a leaderboard, and the runner warns. Returns ``model``."""
     model.untrained = why
+    model.loaded_state_sha256 = state_sha256(model)
     if "@" not in model.name:
         model.name = f"{model.name}@untrained"
     return model

@@ -8,6 +8,7 @@ the same weights again are answered from the store, changed weights are run agai
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from fragility.errors import ConfigError, InputError
-from fragility.models.checkpoint import state_sha256
+from fragility.models.checkpoint import state_sha256, unchanged_since_identified
 from fragility.models.wrapper import Classifier
 
 _GIVEN: dict[str, nn.Module] = {}
@@ -41,13 +42,23 @@ def register(
         model = Classifier(model, mean=(0.0,) * c, std=(1.0,) * c, input_size=size, class_names=names, name=type(model).__name__)
     elif class_names and list(class_names) != list(model.class_names):
         raise InputError(f"class_names differ from the model's own ({', '.join(model.class_names[:3])}, ...)")
-    weights = str(getattr(model, "weights_sha256", "") or "") or state_sha256(model)
+    else:
+        model = copy.copy(model)  # the same network (shared parameters), named here without renaming the caller's
+    # a checkpoint's file digest names the weights only while they are the ones loaded from it: a
+    # network fine-tuned in Python since is other weights, keyed and named by what it holds now
+    state = state_sha256(model)
+    same = unchanged_since_identified(model, state)
+    weights = (str(getattr(model, "weights_sha256", "") or "") if same else "") or state
     facts = {"weights": weights, "type": f"{type(model).__module__}.{type(model).__qualname__}"}
     facts |= {"input_size": list(model.input_size), "class_names": list(model.class_names)}
     key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
     label = name or (model.name if getattr(model, "name", "model") != "model" else type(model).__name__)
+    if not name and not same:
+        label = label.split("@")[0]  # the suffix named the weights it was loaded with (or @untrained)
     model.name = label if "@" in label else f"{label}@{weights[:8]}"
     model.weights_sha256 = weights
+    if not same and getattr(model, "untrained", ""):
+        model.untrained = ""  # trained since it was built with random weights
     _GIVEN[key] = model
     return key
 

@@ -72,3 +72,32 @@ def test_bad_input_is_one_line(digits_model, digits_test, tmp_path, kwargs, mess
     with pytest.raises(FragilityError, match=message) as e:
         evaluate(digits_model, x, y, results_dir=str(tmp_path), progress=False, **kwargs)
     assert "\n" not in str(e.value)
+
+
+def test_weights_changed_in_python_since_loading_are_other_weights(tmp_path, capsys):
+    """A checkpoint's digest names its network only while it holds what was loaded: fine-tuned
+    since, it is keyed and named by its weights now (never answered with the loaded weights' row),
+    and the caller's object keeps its own name."""
+    from fragility.models.checkpoint import file_sha256
+    from fragility.models.cifar_resnet import build
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6, 3, 32, 32, generator=g), torch.arange(6)
+    torch.save(build(depth=8).net.state_dict(), tmp_path / "r8.pt")
+    m = build(depth=8, checkpoint=str(tmp_path / "r8.pt"))
+    sha = file_sha256(tmp_path / "r8.pt")
+    kw = {"eps": 0.03, "results_dir": str(tmp_path / "ev"), "progress": False}
+    first = evaluate(m, x, y, "fgsm", **kw)
+    assert first.model == f"cifar_resnet8@{sha[:8]}" and first.weights_sha256 == sha
+    with torch.no_grad():
+        next(m.parameters()).mul_(1.5)  # a fine-tuning step, in place
+    tuned = evaluate(m, x, y, "fgsm", **kw)
+    assert "already in" not in capsys.readouterr().out
+    assert tuned.config_hash != first.config_hash and tuned.weights_sha256 != sha
+    assert tuned.model.startswith("cifar_resnet8@") and tuned.model != first.model
+    assert m.name == f"cifar_resnet8@{sha[:8]}"  # the caller's object is not renamed
+    fresh = build(depth=8)  # random weights: named so until they are trained
+    assert evaluate(fresh, x, y, "fgsm", **kw).model == "cifar_resnet8@untrained"
+    with torch.no_grad():
+        next(fresh.parameters()).add_(0.1)
+    assert "untrained" not in evaluate(fresh, x, y, "fgsm", **kw).model
