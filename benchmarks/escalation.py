@@ -18,14 +18,15 @@ flag                                   escalated attack
 ``random``                             the same attack through EOT (:func:`eot_model`): every
                                        gradient is the one of ``log mean_k softmax`` over
                                        ``eot_samples`` draws, each draw counted as a query
-``label_only``                         RayS (hard-label ray search, reads only the predicted class;
-                                       Chen & Gu 2020) at the same eps, ``rays_queries`` queries, for
-                                       an untargeted Linf attack; Square otherwise (a weaker answer:
-                                       its margin is flat on such scores)
+``label_only``                         a decision-based attack (reads only the predicted class) at the
+                                       same eps: RayS (hard-label ray search, Chen & Gu 2020),
+                                       ``rays_queries`` queries, for an untargeted Linf attack;
+                                       HopSkipJump (Chen et al. 2020), ``hsj_queries`` queries, for an
+                                       L2 budget or a target class
 =====================================  ===============================================================
 
-Flags combine: ``random`` + ``saturated`` gives the margin loss through EOT; RayS wins over the
-others where it applies (no gradient and no score can be followed on such a model), then Square wins over the
+Flags combine: ``random`` + ``saturated`` gives the margin loss through EOT; RayS or HopSkipJump
+wins over the others (no gradient and no score can be followed on such a model), then Square wins over the
 others (it needs no gradient, so EOT is not applied to it: each of its queries is one draw of the
 randomized model, as deployed). An ``adaptive`` run (BPDA / EOT of a defense) already answers
 ``random`` and ``zero_grad`` coming from that defense; the runner passes those as ``answered``.
@@ -44,6 +45,8 @@ from fragility.defenses.base import Defense
 
 SQUARE_TARGET = "fragility.attacks.square.Square"
 RAYS_TARGET = "fragility.attacks.rays.RayS"
+HSJ_TARGET = "fragility.attacks.hsj.HopSkipJump"
+DECISION_BASED = (RAYS_TARGET, HSJ_TARGET)
 GRADIENT_FREE = ("zero_grad", "nonfinite_grad", "label_only", "unbounded", "blackbox")
 
 
@@ -51,6 +54,7 @@ GRADIENT_FREE = ("zero_grad", "nonfinite_grad", "label_only", "unbounded", "blac
 class EscalationSettings:
     square_queries: int = 1000
     rays_queries: int = 1000
+    hsj_queries: int = 2000
     eot_samples: int = 8
     loss: str = "margin"
 
@@ -109,6 +113,16 @@ def rays_node(node: DictConfig, queries: int) -> DictConfig | None:
     return OmegaConf.create(out)
 
 
+def hsj_node(node: DictConfig, queries: int) -> DictConfig:
+    """HopSkipJump at the norm, eps, target and seed of the attack ``node``."""
+    base = OmegaConf.to_container(node, resolve=True)
+    out = {"_target_": HSJ_TARGET, "eps": base.get("eps"), "norm": base.get("norm", "linf"), "queries": int(queries)}
+    for k in ("target", "seed"):
+        if k in base:
+            out[k] = base[k]
+    return OmegaConf.create(out)
+
+
 def plan(
     flags: list[Flag] | list[str],
     attack_node: DictConfig,
@@ -122,13 +136,14 @@ def plan(
     base = OmegaConf.to_container(attack_node, resolve=True)
     if not names or str(base.get("norm", "")).lower() not in ("linf", "l2") or "eps" not in base:
         return None
-    if base.get("_target_") == RAYS_TARGET:
+    if base.get("_target_") in DECISION_BASED:
         return None
     # a score-based attack's answer gets at least its queries (Square's 5000 by default)
-    queries = max(settings.rays_queries, int(base.get("queries") or 0) if base.get("_target_") == SQUARE_TARGET else 0)
-    if "label_only" in names and (node := rays_node(attack_node, queries)) is not None:
-        return Plan(node, 1, tuple(names))
-    if base.get("_target_") == SQUARE_TARGET:  # a score-based attack is answered only by RayS
+    given = int(base.get("queries") or 0) if base.get("_target_") == SQUARE_TARGET else 0
+    if "label_only" in names:
+        node = rays_node(attack_node, max(settings.rays_queries, given))
+        return Plan(node if node is not None else hsj_node(attack_node, max(settings.hsj_queries, given)), 1, tuple(names))
+    if base.get("_target_") == SQUARE_TARGET:  # a score-based attack is answered only by a decision-based one
         return None
     if any(n in GRADIENT_FREE for n in names) or ("saturated" in names and "loss" not in base):
         return Plan(square_node(attack_node, settings.square_queries), 1, tuple(names))

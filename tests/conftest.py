@@ -17,6 +17,14 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one worker per core (addopts -n auto): with torch's default of one thread per core in each
+    # worker, the workers' thread pools oversubscribe the cores and spin against each other (measured
+    # here: the RayS tests 6 s alone, 90 s under -n 2 with a second job running). Subprocesses that
+    # the tests start (the command-line apps) inherit the environment variable.
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def shared_path() -> Path:
     return Path(os.environ.get("FRAGILITY_SHARED", REPO.parent / "shared")).resolve()

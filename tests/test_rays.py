@@ -12,7 +12,7 @@ from torch import nn
 
 from fragility.attacks.rays import RayS
 from fragility.benchmarks.checks import gradient_flags, output_flags
-from fragility.benchmarks.escalation import RAYS_TARGET, SQUARE_TARGET, plan
+from fragility.benchmarks.escalation import HSJ_TARGET, RAYS_TARGET, SQUARE_TARGET, plan
 from fragility.errors import ConfigError
 from fragility.models.wrapper import Classifier
 
@@ -138,9 +138,11 @@ def test_label_only_escalates_to_rays_where_it_applies():
     p = plan(["zero_grad", "label_only"], pgd)
     assert p.attack._target_ == RAYS_TARGET and p.attack.eps == 0.1 and p.attack.seed == 3
     assert plan(["zero_grad"], pgd).attack._target_ == SQUARE_TARGET  # scores that move: Square, as before
-    # RayS is untargeted and Linf: elsewhere Square answers, as for the other gradient-free flags
-    assert plan(["label_only"], OmegaConf.merge(pgd, {"norm": "l2"})).attack._target_ == SQUARE_TARGET
-    assert plan(["label_only"], OmegaConf.merge(pgd, {"target": 2})).attack._target_ == SQUARE_TARGET
+    # RayS is untargeted and Linf: elsewhere HopSkipJump answers, at the same norm, eps and target
+    l2 = plan(["label_only"], OmegaConf.merge(pgd, {"norm": "l2", "eps": 0.5})).attack
+    assert (l2._target_, l2.norm, l2.eps, l2.queries) == (HSJ_TARGET, "l2", 0.5, 2000)
+    targeted = plan(["label_only"], OmegaConf.merge(pgd, {"target": 2})).attack
+    assert (targeted._target_, targeted.norm, targeted.target) == (HSJ_TARGET, "linf", 2)
     fab_t = OmegaConf.create({"_target_": "fragility.attacks.fab.FAB", "eps": 0.1, "norm": "linf", "targeted": True})
     assert plan(["label_only"], fab_t).attack._target_ == RAYS_TARGET  # FAB-T's success is untargeted
 

@@ -1,4 +1,7 @@
-"""Hard-label Linf attacks: fragility ``RayS`` vs ART ``HopSkipJump`` vs foolbox ``HopSkipJumpAttack``.
+"""Hard-label attacks: fragility ``RayS`` and ``HopSkipJump`` vs ART ``HopSkipJump`` vs foolbox ``HopSkipJumpAttack``.
+
+``--norm linf`` (the default): RayS, fragility's HopSkipJump in Linf, and the peers in Linf;
+``--norm l2``: fragility's HopSkipJump (the escalation's answer for L2 budgets) and the peers in L2.
 
 Same model (the shared CIFAR-10 ResNet-20), same images (the first ``--n`` correctly classified
 images of the seeded test subset), same eps, same query budget per image (``--queries``), one
@@ -19,10 +22,12 @@ call (its loops run until all of them are done), so it is called on batches of `
 images and each image's count is the number of calls on its batch. ART draws its random starting
 images from an unseeded ``np.random.RandomState()``, so its numbers vary a little from run to run.
 
-``fragility_label_only`` is RayS on the same network whose output is only the one-hot predicted
-label (times 10); RayS reads only labels, so its result must be identical, which is checked.
+``fragility_label_only`` is the first fragility attack (RayS in Linf, HopSkipJump in L2) on the
+same network whose output is only the one-hot predicted label (times 10); it reads only labels, so
+its result must be identical, which is checked.
 
     python benchmarks/peers/bench_rays.py --threads 1 [--n 100 --queries 1000 --eps 8/255]
+    python benchmarks/peers/bench_rays.py --threads 1 --norm l2 --eps 0.5 --queries 2000 --out results/bench_hsj_l2.json
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from common import (
     sync,
 )
 
+from fragility.attacks.hsj import HopSkipJump
 from fragility.attacks.rays import RayS
 from fragility.budget import parse_budget
 from fragility.stats import wilson_interval
@@ -112,6 +118,8 @@ def hsj_schedule(budget: int, fixed: int, per_iter: int, evals: int = 100) -> tu
 # iteration a Linf binary search of ceil(log2(1 / theta)) = 19 steps (theta = 0.01 / D) and ~2
 # halvings of the step size.
 ART_FIXED, ART_PER_ITER = 15, 21
+# L2: ART's theta is 0.01 / sqrt(D), so its binary search takes ceil(log2(sqrt(D) / 0.01)) = 13 steps
+ART_FIXED_L2, ART_PER_ITER_L2 = 15, 15
 # foolbox, per batch: ~2 random draws and up to ~25 blending steps (LinearSearchBlendedUniformNoise,
 # steps=50, until every image is adversarial), 1 check, a binary search of ceil(log2(D^2)) = 24
 # steps, 1 assert, 1 final check in ``__call__``; per step the same binary search, 2 asserts and
@@ -119,21 +127,26 @@ ART_FIXED, ART_PER_ITER = 15, 21
 # counts vary from batch to batch (10-image batches spent 989 to 1020 queries at 54 / 29), hence the
 # margin: ~40 blending steps, ~6 halvings.
 FB_FIXED, FB_PER_ITER = 69, 32
+# L2: the binary search to gamma / D^1.5 takes ceil(log2(D^1.5)) = 18 steps
+FB_FIXED_L2, FB_PER_ITER_L2 = 63, 26
 
 
-def art_settings(budget: int) -> dict:
-    t, e = hsj_schedule(budget, ART_FIXED, ART_PER_ITER)
+def art_settings(budget: int, norm: str = "linf") -> dict:
+    t, e = hsj_schedule(budget, *((ART_FIXED, ART_PER_ITER) if norm == "linf" else (ART_FIXED_L2, ART_PER_ITER_L2)))
     return {"max_iter": t, "init_eval": e, "max_eval": 10000, "init_size": 100}
 
 
-def foolbox_settings(budget: int) -> dict:
-    t, e = hsj_schedule(budget, FB_FIXED, FB_PER_ITER)
+def foolbox_settings(budget: int, norm: str = "linf") -> dict:
+    t, e = hsj_schedule(budget, *((FB_FIXED, FB_PER_ITER) if norm == "linf" else (FB_FIXED_L2, FB_PER_ITER_L2)))
     return {"steps": t, "initial_gradient_eval_steps": e, "max_gradient_eval_steps": 10000}
 
 
-def run_fragility(model, x, y, eps, budget):
+def run_fragility(model, x, y, eps, budget, norm="linf", attack="rays"):
     counted = Calls(model)
-    res = RayS(eps=eps, queries=budget)(counted, x, y)
+    if attack == "rays":
+        res, settings = RayS(eps=eps, queries=budget)(counted, x, y), {"queries": budget, "tol": 1e-3}
+    else:
+        res, settings = HopSkipJump(eps=eps, norm=norm, queries=budget)(counted, x, y), {"queries": budget, "gamma": 1.0}
     q = res.queries.long()
     # the wrapper also sees the attack's one final forward of the adversarial batch
     through = counted.images - len(x)
@@ -143,15 +156,19 @@ def run_fragility(model, x, y, eps, budget):
         "queries_through_wrapper": through,
     }
     if through != int(q.sum()):
-        extra["note"] = f"RayS counted {int(q.sum())} queries but {through} images went through the model"
-    return res.adv, q, {"queries": budget, "tol": 1e-3}, extra
+        extra["note"] = f"{attack} counted {int(q.sum())} queries but {through} images went through the model"
+    return res.adv, q, settings, extra
 
 
-def run_fragility_label_only(model, x, y, eps, budget):
-    return run_fragility(LabelOnly(model).eval(), x, y, eps, budget)
+def run_fragility_label_only(model, x, y, eps, budget, norm="linf"):
+    return run_fragility(LabelOnly(model).eval(), x, y, eps, budget, norm, "rays" if norm == "linf" else "hsj")
 
 
-def run_art(model, x, y, eps, budget):
+def run_fragility_hsj(model, x, y, eps, budget, norm="linf"):
+    return run_fragility(model, x, y, eps, budget, norm, "hsj")
+
+
+def run_art(model, x, y, eps, budget, norm="linf"):
     from art.attacks.evasion import HopSkipJump
     from art.estimators.classification import PyTorchClassifier
 
@@ -164,8 +181,8 @@ def run_art(model, x, y, eps, budget):
         clip_values=(0.0, 1.0),
         device_type="gpu" if x.is_cuda else "cpu",
     )
-    settings = art_settings(budget)
-    atk = HopSkipJump(clf, targeted=False, norm=np.inf, batch_size=128, verbose=False, **settings)
+    settings = art_settings(budget, norm)
+    atk = HopSkipJump(clf, targeted=False, norm=np.inf if norm == "linf" else 2, batch_size=128, verbose=False, **settings)
     xs, ys = x.cpu().numpy(), y.cpu().numpy()
     adv, q = [], []
     for i in range(len(xs)):  # ART attacks one image at a time anyway; per call, the count is exact
@@ -181,11 +198,11 @@ def run_art(model, x, y, eps, budget):
 FB_BATCH = 10
 
 
-def run_foolbox(model, x, y, eps, budget):
+def run_foolbox(model, x, y, eps, budget, norm="linf"):
     import foolbox as fb
 
-    settings = foolbox_settings(budget)
-    atk = fb.attacks.HopSkipJumpAttack(constraint="linf", **settings)
+    settings = foolbox_settings(budget, norm)
+    atk = fb.attacks.HopSkipJumpAttack(constraint=norm, **settings)
     raw, q, notes = [], [], set()
     for i in range(0, len(x), FB_BATCH):
         xb, yb = x[i : i + FB_BATCH], y[i : i + FB_BATCH]
@@ -205,6 +222,14 @@ def run_foolbox(model, x, y, eps, budget):
 METHODS = {
     "fragility": ("fragility RayS", run_fragility),
     "fragility_label_only": ("fragility RayS, label-only model", run_fragility_label_only),
+    "fragility_hsj": ("fragility HopSkipJump", run_fragility_hsj),
+    "ART": ("ART HopSkipJump", run_art),
+    "foolbox": ("foolbox HopSkipJumpAttack", run_foolbox),
+}
+#: in L2 RayS does not apply: fragility's reference row is its HopSkipJump
+METHODS_L2 = {
+    "fragility": ("fragility HopSkipJump", run_fragility_hsj),
+    "fragility_label_only": ("fragility HopSkipJump, label-only model", run_fragility_label_only),
     "ART": ("ART HopSkipJump", run_art),
     "foolbox": ("foolbox HopSkipJumpAttack", run_foolbox),
 }
@@ -223,10 +248,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the test subset")
     ap.add_argument("--eps", default="8/255")
     ap.add_argument("--queries", type=int, default=1000, help="query budget per image, for every method")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--norm", default="linf", choices=("linf", "l2"))
+    ap.add_argument("--methods", default=None, help="comma-separated; default: every method of the norm")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("FRAGILITY_THREADS", os.cpu_count() or 1)))
     ap.add_argument("--out", default="results/bench_rays.json")
     args = ap.parse_args()
+    methods = METHODS if args.norm == "linf" else METHODS_L2
     torch.set_num_threads(args.threads)
     dev = pick_device(args.device)
     eps = parse_budget(args.eps)
@@ -237,19 +264,19 @@ def main() -> None:
     n = len(y)
     print(
         f"# device {device_name(dev)}, threads {args.threads}, torch {torch.__version__}; ResNet-20, "
-        f"{n} correctly classified CIFAR-10 test images (seed {args.seed}), Linf eps {args.eps}, "
+        f"{n} correctly classified CIFAR-10 test images (seed {args.seed}), {args.norm} eps {args.eps}, "
         f"budget {args.queries} queries per image",
         flush=True,
     )
     rows, outs = {}, {}
-    for method in args.methods.split(","):
-        label, fn = METHODS[method]
+    for method in (args.methods or ",".join(methods)).split(","):
+        label, fn = methods[method]
         torch.manual_seed(0)
         np.random.seed(0)
         sync(dev)
         t0 = time.perf_counter()
         try:
-            adv, q, settings, extra = fn(model, x, y, eps, args.queries)
+            adv, q, settings, extra = fn(model, x, y, eps, args.queries, args.norm)
         except Exception as e:  # a peer that fails is reported, not fatal
             print(f"# {method}: failed: {type(e).__name__}: {e}", flush=True)
             rows[method] = {"method": method, "label": label, "error": f"{type(e).__name__}: {e}"}
@@ -258,8 +285,13 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         model.eval()  # a peer may have left the model in training mode
         adv = adv.to(dev)
-        dist = (adv - x).flatten(1).abs().amax(1)
-        judged = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)
+        delta = (adv - x).flatten(1)
+        if args.norm == "linf":
+            dist = delta.abs().amax(1)
+            judged = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)
+        else:
+            dist = delta.norm(dim=1)
+            judged = (x + (adv - x) * (eps / dist.clamp_min(1e-12)).clamp(max=1.0).view(-1, 1, 1, 1)).clamp(0, 1)
         m = robust_accuracy(model, x, y, judged)
         k = round(m["robust_acc"] * n)
         lo, hi = wilson_interval(k, n)
@@ -281,7 +313,7 @@ def main() -> None:
             "max_queries": int(q.max()),
             "over_budget": int((q > args.queries).sum()),
             # the distance of the method's own (unprojected) output, over the images where it is adversarial
-            "median_linf_255": float(dist[raw_adv.to(dev)].median() * 255) if raw_adv.any() else None,
+            "median_dist": float(dist[raw_adv.to(dev)].median() * (255 if args.norm == "linf" else 1)) if raw_adv.any() else None,
             "raw_adversarial": int(raw_adv.sum()),
             "seconds": seconds,
             "seconds_per_image": seconds / n,
@@ -299,11 +331,13 @@ def main() -> None:
         )
 
     ref = rows.get("fragility")
+    ref_name = "RayS" if args.norm == "linf" else "HopSkipJump"
+    unit = "Linf (x255)" if args.norm == "linf" else "L2"
     ref = ref if ref and "error" not in ref else None
     print()
     print(
         "| method | settings | robust acc [95% CI] | mean queries | median queries | max queries "
-        "| median Linf of own output (x255) | s / image | s vs RayS | queries vs RayS |"
+        f"| median {unit} of own output | s / image | s vs {ref_name} | queries vs {ref_name} |"
     )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows.values():
@@ -311,7 +345,7 @@ def main() -> None:
             print(f"| {r['label']} | - | error: {r['error']} | - | - | - | - | - | - | - |")
             continue
         ratio_s = f"{r['seconds'] / ref['seconds']:.2f}x" if ref else "-"
-        linf = "-" if r["median_linf_255"] is None else f"{r['median_linf_255']:.2f}"
+        linf = "-" if r["median_dist"] is None else f"{r['median_dist']:.2f}"
         ratio_q = f"{r['mean_queries'] / ref['mean_queries']:.2f}x" if ref and ref["mean_queries"] else "-"
         print(
             f"| {r['label']} | {fmt_settings(r['settings'])} | {100 * r['robust_acc']:.1f}% "
@@ -322,9 +356,9 @@ def main() -> None:
     print()
     print(
         f"Robust accuracy: share of the {n} images still classified correctly after each method's output is "
-        f"projected onto the Linf ball of radius {args.eps} (the HopSkipJump attacks minimise the norm and may "
+        f"projected onto the {args.norm} ball of radius {args.eps} (the HopSkipJump attacks minimise the norm and may "
         f"return adversarials outside it). Median Linf: of each method's unprojected output, over the images "
-        f"where it is misclassified (RayS stops an image as soon as its boundary is within eps, so its distances "
+        f"where it is misclassified (fragility's attacks stop an image as soon as its boundary is within eps, so its distances "
         f"are at most eps; its boundary distance is extras['boundary_dist'])."
     )
     for method, r in rows.items():
@@ -348,7 +382,7 @@ def main() -> None:
         )
         diff = int((ea["success"] != eb["success"]).sum())
         print(
-            "Label-only check: RayS on the one-hot label model gives "
+            f"Label-only check: {ref_name} on the one-hot label model gives "
             + (
                 "identical success, queries and adversarial images (it reads only labels)."
                 if same
@@ -359,7 +393,15 @@ def main() -> None:
         rows["fragility_label_only"]["identical_to_fragility"] = bool(same)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"n": n, "ids": ids.tolist(), "eps": eps, "queries": args.queries, "seed": args.seed, "threads": args.threads}
+    meta = {
+        "n": n,
+        "ids": ids.tolist(),
+        "norm": args.norm,
+        "eps": eps,
+        "queries": args.queries,
+        "seed": args.seed,
+        "threads": args.threads,
+    }
     out.write_text(json.dumps({"meta": meta, "rows": list(rows.values())}, indent=1) + "\n")
     print(f"# wrote {out}")
 
