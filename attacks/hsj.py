@@ -1,8 +1,13 @@
 """HopSkipJump: hard-label (decision-based) attack in L2 or Linf; reads only the predicted class.
 
 Chen, Jordan & Wainwright, "HopSkipJumpAttack: A Query-Efficient Decision-Based Attack", IEEE S&P
-2020. Each image starts from a misclassified point (uniform noise, up to ``init_tries`` draws) and
-walks along the decision boundary toward the clean image:
+2020. Each image starts from the closest of ``starts`` misclassified points (uniform noise, up to
+``init_tries`` draws each, every one binary-searched to the boundary) and walks along the decision
+boundary toward the clean image. The paper takes one start; the walk ends near a local minimum of the
+distance, so where it begins matters: with 2000 queries at L2 0.6 on digits test images 100-299 the
+digits CNN kept 53.0% robust from 1 start, 49.5% from 10, 45.0% from 20 (PGD-100 with gradients:
+44.0%), and resnet20 at L2 0.25 on 20 CIFAR-10 training images 15% from 1 start, 10% from 10 or 20
+(measured 2026-12-07 with throwaway scripts; the default is 10):
 
 - *binary search* between the clean image and the current adversarial point to the boundary (L2:
   along the segment; Linf: shrinking the Linf box around the clean image), to the paper's
@@ -58,6 +63,7 @@ class HopSkipJump(LpAttack):
         max_evals: int = 10000,
         gamma: float = 1.0,
         init_tries: int = 100,
+        starts: int = 10,
         target=None,
         seed: int = 0,
     ) -> None:
@@ -75,12 +81,18 @@ class HopSkipJump(LpAttack):
         if not (math.isfinite(float(gamma)) and float(gamma) > 0):
             raise ConfigError(f"gamma must be a positive number, got {gamma}")
         self.queries, self.init_evals, self.max_evals = int(queries), int(init_evals), int(max_evals)
-        self.gamma, self.init_tries = float(gamma), int(init_tries)
+        self.gamma, self.init_tries, self.starts = float(gamma), int(init_tries), int(starts)
 
     def params(self):
         p = {"norm": self.norm_name, "eps": self.eps, "queries": self.queries}
-        if (self.init_evals, self.max_evals, self.gamma, self.init_tries) != (100, 10000, 1.0, 100):
-            p.update(init_evals=self.init_evals, max_evals=self.max_evals, gamma=self.gamma, init_tries=self.init_tries)
+        if (self.init_evals, self.max_evals, self.gamma, self.init_tries, self.starts) != (100, 10000, 1.0, 100, 10):
+            p.update(
+                init_evals=self.init_evals,
+                max_evals=self.max_evals,
+                gamma=self.gamma,
+                init_tries=self.init_tries,
+                starts=self.starts,
+            )
         return p
 
     def _run(self, model, images, labels, targets, rng: SampleRNG):
@@ -148,20 +160,25 @@ class HopSkipJump(LpAttack):
         everyone = torch.arange(n, device=dev)
         found = ask(everyone, x)
         dist[found] = 0.0
-        start = rng.calls
-        for k in range(self.init_tries):
-            need = (~found & (spent < self.queries)).nonzero().flatten()
-            if len(need) == 0:
-                break
-            rng.calls = start + k  # try k draws the same numbers for an image in any batch
-            noise = rng.uniform(dim, idx=need).to(x)
-            hit = ask(need, noise)
-            found[need[hit]] = True
-            cur[need[hit]] = noise[hit]
-        rng.calls = start + self.init_tries
-        fresh = (found & torch.isinf(dist)).nonzero().flatten()
-        if len(fresh):
-            to_boundary(fresh, cur[fresh].clone())
+        start, far = rng.calls, x.clone()
+        for j in range(self.starts):
+            got = torch.zeros(n, dtype=torch.bool, device=dev)
+            for k in range(self.init_tries):
+                # the first start is looked for everywhere; later ones where the first was found
+                need = (~got & (dist > self.eps) & (spent < self.queries) & (found if j else ~found)).nonzero().flatten()
+                if len(need) == 0:
+                    break
+                rng.calls = start + j * self.init_tries + k  # draw k of start j: the same numbers in any batch
+                noise = rng.uniform(dim, idx=need).to(x)
+                hit = ask(need, noise)
+                got[need[hit]] = True
+                far[need[hit]] = noise[hit]
+            g = got.nonzero().flatten()
+            if len(g):
+                to_boundary(g, far[g].clone())  # keeps the closest boundary point of the starts
+            found |= got
+        rng.calls = start + self.starts * self.init_tries
+        cur[found], here[found] = adv[found], dist[found]  # the walk begins at the closest start
 
         # ---- walk the boundary ------------------------------------------------------------------
         t = 0
