@@ -146,7 +146,10 @@ def run_fragility(model, x, y, eps, budget, norm="linf", attack="rays"):
     if attack == "rays":
         res, settings = RayS(eps=eps, queries=budget)(counted, x, y), {"queries": budget, "tol": 1e-3}
     else:
-        res, settings = HopSkipJump(eps=eps, norm=norm, queries=budget)(counted, x, y), {"queries": budget, "gamma": 1.0}
+        res, settings = (
+            HopSkipJump(eps=eps, norm=norm, queries=budget)(counted, x, y),
+            {"queries": budget, "gamma": 1.0, "starts": 10},
+        )
     q = res.queries.long()
     # the wrapper also sees the attack's one final forward of the adversarial batch
     through = counted.images - len(x)
@@ -357,7 +360,7 @@ def main() -> None:
     print(
         f"Robust accuracy: share of the {n} images still classified correctly after each method's output is "
         f"projected onto the {args.norm} ball of radius {args.eps} (the HopSkipJump attacks minimise the norm and may "
-        f"return adversarials outside it). Median Linf: of each method's unprojected output, over the images "
+        f"return adversarials outside it). Median {unit}: of each method's unprojected output, over the images "
         f"where it is misclassified (fragility's attacks stop an image as soon as its boundary is within eps, so its distances "
         f"are at most eps; its boundary distance is extras['boundary_dist'])."
     )
