@@ -91,14 +91,19 @@ def attack_with(node: DictConfig, **overrides: Any) -> DictConfig:
     return OmegaConf.create({**base, **keep})
 
 
-def square_node(node: DictConfig, queries: int) -> DictConfig:
-    """Square at the threat model (norm, eps), target and seed of the attack ``node``."""
+def _at_threat(target: str, node: DictConfig, queries: int) -> DictConfig:
+    """The query attack ``target`` at the threat model (norm, eps), target and seed of ``node``."""
     base = OmegaConf.to_container(node, resolve=True)
-    out = {"_target_": SQUARE_TARGET, "eps": base.get("eps"), "norm": base.get("norm", "linf"), "queries": int(queries)}
+    out = {"_target_": target, "eps": base.get("eps"), "norm": base.get("norm", "linf"), "queries": int(queries)}
     for k in ("target", "seed"):
         if k in base:
             out[k] = base[k]
     return OmegaConf.create(out)
+
+
+def square_node(node: DictConfig, queries: int) -> DictConfig:
+    """Square at the threat model (norm, eps), target and seed of the attack ``node``."""
+    return _at_threat(SQUARE_TARGET, node, queries)
 
 
 def rays_node(node: DictConfig, queries: int) -> DictConfig | None:
@@ -115,12 +120,7 @@ def rays_node(node: DictConfig, queries: int) -> DictConfig | None:
 
 def hsj_node(node: DictConfig, queries: int) -> DictConfig:
     """HopSkipJump at the norm, eps, target and seed of the attack ``node``."""
-    base = OmegaConf.to_container(node, resolve=True)
-    out = {"_target_": HSJ_TARGET, "eps": base.get("eps"), "norm": base.get("norm", "linf"), "queries": int(queries)}
-    for k in ("target", "seed"):
-        if k in base:
-            out[k] = base[k]
-    return OmegaConf.create(out)
+    return _at_threat(HSJ_TARGET, node, queries)
 
 
 def plan(
