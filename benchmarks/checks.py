@@ -20,7 +20,8 @@ Robustness", section 6 checklist; AutoAttack's own warnings). On a probe of the 
   ``sqrt(C*H*W)``, no random start) succeeds on fewer than ``unbounded_success`` of the images;
 - ``blackbox``: Square (score-based, no gradients) at the same budget, ``square_queries`` queries,
   breaks more than ``blackbox_margin`` of the probe (at least 2 images) that the gradient attack
-  left standing.
+  left standing. On a model flagged ``random`` one draw decides nothing (Square stops at the first
+  lucky draw), so there both attacks' images are judged by the majority of ``random_draws`` draws.
 
 The first five need only the model and the probe; the last two need an iterative attack (``steps``
 > 1: a single FGSM step is not expected to reach 100% nor to beat Square) of an Lp threat model
@@ -54,6 +55,7 @@ class CheckSettings:
     unbounded_success: float = 0.9
     square_queries: int = 300
     blackbox_margin: float = 0.05
+    random_draws: int = 9
     enabled: bool = True
 
     @classmethod
@@ -167,11 +169,14 @@ def budget_flags(
     targets=None,
     keys=None,
     norm: str,
+    random: bool = False,
     settings: CheckSettings = CheckSettings(),
 ) -> list[Flag]:
     """``unbounded`` and ``blackbox``. ``make_attack(**overrides)`` builds the run's attack with
     other options (``eps``, ``random_start``); ``success`` is the gradient attack's per-image
-    success on ``images``."""
+    success on ``images``. ``random``: the model's outputs are random (the ``random`` flag), so
+    ``blackbox`` compares the two attacks by :func:`majority_success`, the gradient attack run
+    again on the probe for its images."""
     from fragility.attacks.square import Square
 
     n = len(images)
@@ -185,10 +190,28 @@ def budget_flags(
     same = make_attack()
     square = Square(eps=same.eps, norm=norm, queries=settings.square_queries, target=None, seed=same.seed)
     sq = square(model, images, labels, targets=targets, keys=keys)
-    beats = int((sq.success & ~success.bool().cpu()).sum())
+    broken, square_broken = success.bool().cpu(), sq.success
+    if random:
+        mine = same(model, images, labels, targets=targets, keys=keys)
+        broken = majority_success(model, mine.adv, labels, targets, settings.random_draws)
+        square_broken = majority_success(model, sq.adv, labels, targets, settings.random_draws)
+    beats = int((square_broken & ~broken).sum())
     if beats >= max(2, settings.blackbox_margin * n):
         out.append(Flag("blackbox", beats, n))
     return out
+
+
+@torch.no_grad()
+def majority_success(model, adv, labels, targets, draws: int) -> torch.Tensor:
+    """Per image (on the CPU): the attack succeeds on more than half of ``draws`` forward passes of
+    a randomized model (untargeted: the label changes; targeted: the target is predicted)."""
+    device = labels.device
+    adv = adv.to(device)
+    wins = torch.zeros(len(adv), dtype=torch.long, device=device)
+    for _ in range(draws):
+        pred = model(adv).argmax(1)
+        wins += (pred == targets) if targets is not None else (pred != labels)
+    return (2 * wins > draws).cpu()
 
 
 def run_checks(
@@ -222,6 +245,9 @@ def run_checks(
     flags += output_flags(model, x, settings)
     iterative = int(getattr(attack, "steps", 1) or 1) > 1  # a single step (FGSM) is not expected to reach 100%
     if make_attack is not None and iterative and getattr(attack, "norm", None) in ("linf", "l2") and hasattr(attack, "eps"):
-        flags += budget_flags(model, x, y, success[:k], make_attack, targets=t, keys=kk, norm=attack.norm, settings=settings)
+        random = any(f.name == "random" for f in flags)
+        flags += budget_flags(
+            model, x, y, success[:k], make_attack, targets=t, keys=kk, norm=attack.norm, random=random, settings=settings
+        )
     order = {name: i for i, name in enumerate(FLAG_NAMES)}
     return sorted(flags, key=lambda f: order[f.name])

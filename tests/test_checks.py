@@ -138,3 +138,29 @@ def test_eps_never_exceeded_even_by_rounding(norm, eps):
     assert size.max().item() <= eps
     if norm == "linf":  # and the ball is used: the boundary is reached up to one float step
         assert size.max().item() >= eps - 1e-7
+
+
+class CoinFlip(nn.Module):
+    """Class 0 wins by a margin that logit noise overturns on about 1 draw in 5, whatever the
+    input (the input enters only through a tiny slope, so gradients exist and mean nothing)."""
+
+    def forward(self, x):
+        base = torch.zeros(len(x), 10)
+        base[:, 0] = 1.2
+        return base + 1e-3 * x.flatten(1).mean(1, keepdim=True) + torch.randn(len(x), 10) * 0.5
+
+
+def test_blackbox_on_a_random_model_is_judged_over_draws():
+    """Square stops at its first lucky draw, so one draw makes it look stronger than a gradient
+    attack on a randomized model; judged by the majority of draws, neither breaks anything."""
+    torch.manual_seed(0)
+    m = Classifier(CoinFlip(), mean=[0.0], std=[1.0], input_size=(1, 8, 8), class_names=[str(i) for i in range(10)]).eval()
+    x, y = torch.rand(64, 1, 8, 8), torch.zeros(64, dtype=torch.long)
+    assert _names(output_flags(m, x)) == {"random"}
+    lost = torch.zeros(64, dtype=torch.bool)  # the gradient attack broke nothing
+    make = lambda **kw: PGD(**{"eps": 0.1, "steps": 5, **kw})
+    settings = CheckSettings(square_queries=50)
+    assert "blackbox" in _names(budget_flags(m, x, y, lost, make, norm="linf", settings=settings))
+    assert "blackbox" not in _names(budget_flags(m, x, y, lost, make, norm="linf", random=True, settings=settings))
+    flags = run_checks(m, x, y, lost, attack=make(), make_attack=make, settings=settings)
+    assert "random" in _names(flags) and "blackbox" not in _names(flags)
