@@ -62,7 +62,12 @@ def test_page_in_headless_chromium(tmp_path):
             page.goto(url, wait_until="load")
             assert errors == []
             assert page.evaluate("document.documentElement.scrollWidth") <= 1400  # nothing runs off the right edge
-            assert page.eval_on_selector("img.thumb", "i => i.complete && i.naturalWidth") == 40  # the run's picture loads
+            # the run's picture loads: thumbnails are loading="lazy", which the load event does not wait for
+            page.locator("img.thumb").first.scroll_into_view_if_needed()
+            page.wait_for_function(
+                "() => { const i = document.querySelector('img.thumb'); return i.complete && i.naturalWidth > 0 }"
+            )
+            assert page.eval_on_selector("img.thumb", "i => i.naturalWidth") == 40
 
             rows = "#runs tbody tr:not([hidden])"
             col = page.eval_on_selector_all("#runs thead tr.cols th", "ths => ths.map(t => t.title)").index("robust_acc")
