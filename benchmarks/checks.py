@@ -39,6 +39,8 @@ from typing import Any
 
 import torch
 
+from fragility.errors import ConfigError
+
 FLAG_NAMES = ("zero_grad", "nonfinite_grad", "saturated", "random", "label_only", "unbounded", "blackbox")
 
 
@@ -57,6 +59,10 @@ class CheckSettings:
     blackbox_margin: float = 0.05
     random_draws: int = 9
     enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if int(self.random_draws) < 1:
+            raise ConfigError(f"checks.random_draws must be >= 1, got {self.random_draws}")
 
     @classmethod
     def from_config(cls, node: Any) -> CheckSettings:

@@ -224,6 +224,7 @@ def run(cfg: DictConfig) -> RunRecord:
     twice, ``standard`` (gradients as the defense exposes them) and ``adaptive`` (BPDA / EOT),
     each written as its own record; the one returned is the worst case of the two."""
     n_samples, seed, batch_size = _check_top_level(cfg)
+    CheckSettings.from_config(cfg.get("checks"))  # an impossible setting stops here, before any work
     # the instantiate gate, on every _target_, before any work; then the content of the files the
     # run reads, so that new weights or data under an old path are never answered from the store
     resolved = with_inputs(check_config(cfg))

@@ -164,3 +164,16 @@ def test_blackbox_on_a_random_model_is_judged_over_draws():
     assert "blackbox" not in _names(budget_flags(m, x, y, lost, make, norm="linf", random=True, settings=settings))
     flags = run_checks(m, x, y, lost, attack=make(), make_attack=make, settings=settings)
     assert "random" in _names(flags) and "blackbox" not in _names(flags)
+
+
+def test_impossible_draw_count_stops_before_any_work(cfg_factory, monkeypatch):
+    from fragility.benchmarks.runner import Trial, run
+    from fragility.errors import ConfigError
+
+    def no_build(*a, **k):
+        raise AssertionError("the run started before its settings were checked")
+
+    monkeypatch.setattr(Trial, "build", no_build)
+    cfg = cfg_factory("n_samples=8", "attack=pgd", "+checks.random_draws=0")
+    with pytest.raises(ConfigError, match="random_draws must be >= 1"):
+        run(cfg)
